@@ -1,0 +1,333 @@
+//! The in-process backend: the same semantics as Redis (holds per instance with
+//! expiry, sweeps, sequence numbers, epochs, events), inside one process.
+//!
+//! One [`MemoryStore`] plays the shared database; each engine gets its own
+//! [`MemoryBackend`] (its own instance id) on it, so several engines in one
+//! process behave exactly like several server instances on one Redis.
+
+use super::{
+    now_ms, Backend, BackendError, BackendEvent, Change, ChangeKind, JoinOutcome, LeaveOutcome,
+    Snapshot, TickOutcome, TickTopic,
+};
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The shared state every [`MemoryBackend`] on it sees. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    topics: HashMap<String, TopicData>,
+    /// instance id -> (watched topics, event sender)
+    watchers: HashMap<String, Watcher>,
+}
+
+struct Watcher {
+    topics: HashSet<String>,
+    tx: mpsc::UnboundedSender<BackendEvent>,
+}
+
+#[derive(Default)]
+struct TopicData {
+    users: HashMap<String, String>,
+    refs: HashMap<String, u32>,
+    /// instance -> (expiry ms, held user keys)
+    holds: HashMap<String, Hold>,
+    seq: u64,
+    epoch: Option<String>,
+}
+
+#[derive(Default)]
+struct Hold {
+    expires_at: u64,
+    users: HashSet<String>,
+}
+
+impl Shared {
+    fn announce(&self, topic: &str, event: BackendEvent) {
+        for watcher in self.watchers.values() {
+            if watcher.topics.contains(topic) {
+                let _ = watcher.tx.send(event.clone());
+            }
+        }
+    }
+
+    /// Expired holds lose their users; each user whose last holder that was
+    /// leaves, announced once (attributed to the dead instance).
+    fn sweep(&mut self, topic: &str, now: u64) {
+        let Some(data) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let dead: Vec<String> = data
+            .holds
+            .iter()
+            .filter(|(_, hold)| hold.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changes = Vec::new();
+        for instance in dead {
+            let hold = data.holds.remove(&instance).unwrap_or_default();
+            for user in hold.users {
+                if release(data, &user) {
+                    data.seq += 1;
+                    let shown = data.users.remove(&user).unwrap_or_else(|| "null".into());
+                    changes.push(Change {
+                        topic: topic.to_owned(),
+                        instance: instance.clone(),
+                        seq: data.seq,
+                        kind: ChangeKind::Leave,
+                        key: user,
+                        data: shown,
+                    });
+                }
+            }
+        }
+        for change in changes {
+            self.announce(topic, BackendEvent::Change(change));
+        }
+    }
+}
+
+/// Decrement a user's holder count; true when it reached zero.
+fn release(data: &mut TopicData, user: &str) -> bool {
+    match data.refs.get_mut(user) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        _ => {
+            data.refs.remove(user);
+            true
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A backend speaking for a new instance on this store.
+    pub fn backend(&self) -> MemoryBackend {
+        let instance = super::new_instance_id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.lock().unwrap().watchers.insert(
+            instance.clone(),
+            Watcher {
+                topics: HashSet::new(),
+                tx,
+            },
+        );
+        MemoryBackend {
+            store: self.clone(),
+            instance,
+            events: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+/// One instance's view of a [`MemoryStore`].
+pub struct MemoryBackend {
+    store: MemoryStore,
+    instance: String,
+    events: Mutex<Option<mpsc::UnboundedReceiver<BackendEvent>>>,
+}
+
+impl MemoryBackend {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.store.shared.lock().unwrap()
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn join(
+        &self,
+        topic: &str,
+        key: &str,
+        data: &str,
+        epoch: Option<&str>,
+        ttl: Duration,
+    ) -> Result<JoinOutcome, BackendError> {
+        let mut shared = self.lock();
+        let entry = shared.topics.entry(topic.to_owned()).or_default();
+        if let Some(current) = &entry.epoch {
+            if Some(current.as_str()) != epoch {
+                return Ok(JoinOutcome::StaleEpoch {
+                    epoch: current.clone(),
+                });
+            }
+        }
+        let hold = entry.holds.entry(self.instance.clone()).or_default();
+        hold.expires_at = now_ms() + ttl.as_millis() as u64;
+        let first = hold.users.insert(key.to_owned()) && {
+            let refs = entry.refs.entry(key.to_owned()).or_default();
+            *refs += 1;
+            *refs == 1
+        };
+        let kind = if first {
+            ChangeKind::Join
+        } else if entry.users.get(key).map(String::as_str) == Some(data) {
+            return Ok(JoinOutcome::Unchanged);
+        } else {
+            ChangeKind::Updated
+        };
+        entry.users.insert(key.to_owned(), data.to_owned());
+        entry.seq += 1;
+        let seq = entry.seq;
+        shared.announce(
+            topic,
+            BackendEvent::Change(Change {
+                topic: topic.to_owned(),
+                instance: self.instance.clone(),
+                seq,
+                kind,
+                key: key.to_owned(),
+                data: data.to_owned(),
+            }),
+        );
+        Ok(match kind {
+            ChangeKind::Join => JoinOutcome::Joined { seq },
+            _ => JoinOutcome::Updated { seq },
+        })
+    }
+
+    async fn leave(&self, topic: &str, key: &str) -> Result<LeaveOutcome, BackendError> {
+        let mut shared = self.lock();
+        let Some(entry) = shared.topics.get_mut(topic) else {
+            return Ok(LeaveOutcome::NotHeld);
+        };
+        let held = entry
+            .holds
+            .get_mut(&self.instance)
+            .is_some_and(|hold| hold.users.remove(key));
+        if !held {
+            return Ok(LeaveOutcome::NotHeld);
+        }
+        if !release(entry, key) {
+            return Ok(LeaveOutcome::StillHeld);
+        }
+        let data = entry.users.remove(key).unwrap_or_else(|| "null".into());
+        entry.seq += 1;
+        let seq = entry.seq;
+        shared.announce(
+            topic,
+            BackendEvent::Change(Change {
+                topic: topic.to_owned(),
+                instance: self.instance.clone(),
+                seq,
+                kind: ChangeKind::Leave,
+                key: key.to_owned(),
+                data: data.clone(),
+            }),
+        );
+        Ok(LeaveOutcome::Left { seq, data })
+    }
+
+    async fn snapshot(&self, topic: &str) -> Result<Snapshot, BackendError> {
+        let mut shared = self.lock();
+        shared.sweep(topic, now_ms());
+        Ok(shared
+            .topics
+            .get(topic)
+            .map(|data| Snapshot {
+                seq: data.seq,
+                epoch: data.epoch.clone(),
+                users: data
+                    .users
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .unwrap_or_default())
+    }
+
+    async fn count(&self, topic: &str) -> Result<u64, BackendError> {
+        let mut shared = self.lock();
+        shared.sweep(topic, now_ms());
+        Ok(shared
+            .topics
+            .get(topic)
+            .map_or(0, |data| data.users.len() as u64))
+    }
+
+    async fn tick(
+        &self,
+        topics: &[TickTopic],
+        ttl: Duration,
+    ) -> Result<Vec<TickOutcome>, BackendError> {
+        let mut shared = self.lock();
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(topics.len());
+        for item in topics {
+            let data = shared.topics.entry(item.topic.clone()).or_default();
+            let outcome = match &data.epoch {
+                Some(epoch) if Some(epoch) != item.epoch.as_ref() => TickOutcome::Cleared {
+                    epoch: epoch.clone(),
+                },
+                _ if !item.holds => TickOutcome::Alive,
+                _ => match data.holds.get_mut(&self.instance) {
+                    Some(hold) => {
+                        hold.expires_at = now + ttl.as_millis() as u64;
+                        TickOutcome::Alive
+                    }
+                    None => TickOutcome::Lost,
+                },
+            };
+            shared.sweep(&item.topic, now);
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn clear(&self) -> Result<(), BackendError> {
+        let mut shared = self.lock();
+        let epoch = super::new_instance_id();
+        let topics: Vec<String> = shared.topics.keys().cloned().collect();
+        for topic in topics {
+            let data = shared.topics.get_mut(&topic).expect("listed above");
+            data.users.clear();
+            data.refs.clear();
+            data.holds.clear();
+            data.epoch = Some(epoch.clone());
+            let event = BackendEvent::Cleared {
+                topic: topic.clone(),
+                instance: self.instance.clone(),
+                epoch: epoch.clone(),
+            };
+            shared.announce(&topic, event);
+        }
+        Ok(())
+    }
+
+    async fn watch(&self, topic: &str) -> Result<(), BackendError> {
+        if let Some(watcher) = self.lock().watchers.get_mut(&self.instance) {
+            watcher.topics.insert(topic.to_owned());
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, topic: &str) {
+        if let Some(watcher) = self.lock().watchers.get_mut(&self.instance) {
+            watcher.topics.remove(topic);
+        }
+    }
+
+    fn events(&self) -> Option<mpsc::UnboundedReceiver<BackendEvent>> {
+        self.events.lock().unwrap().take()
+    }
+
+    fn shutdown(&self) {
+        self.lock().watchers.remove(&self.instance);
+    }
+}

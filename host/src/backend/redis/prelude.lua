@@ -1,0 +1,58 @@
+-- prelude.lua: helpers shared by every presence script (prepended at load time).
+--
+-- Key layout for one topic T (every key carries the hash tag {T}, so one topic
+-- lives in one cluster slot — property 6):
+--   users  hash   user key -> public data (JSON) currently shown for that user
+--   refs   hash   user key -> how many instances hold the user on T
+--   inst   zset   instance id -> expiry (ms) of that instance's hold on T
+--   held:I set    user keys instance I holds on T (I is 16 hex chars, never parsed)
+--   seq    string last sequence number handed out on T (hybrid logical clock)
+--   epoch  string token replaced by clear(); absent until the first clear
+-- Events go to the channel of T as JSON: {"i":instance,"s":seq,"e":kind,...}.
+
+-- Next sequence number: max(previous + 1, now_ms * 1024). Monotonic even when
+-- Redis restarts empty, so replicas never mistake new events for old ones.
+local function next_seq(seq_key, now)
+  local current = tonumber(redis.call('GET', seq_key) or '0')
+  local candidate = now * 1024
+  if candidate <= current then candidate = current + 1 end
+  redis.call('SET', seq_key, string.format('%d', candidate))
+  return candidate
+end
+
+local function publish_change(channel, instance, seq, kind, user, data)
+  redis.call('PUBLISH', channel,
+    '{"i":' .. cjson.encode(instance) .. ',"s":' .. string.format('%d', seq) ..
+    ',"e":"' .. kind .. '","k":' .. cjson.encode(user) .. ',"d":' .. data .. '}')
+end
+
+-- Whole-key expiry as a backstop for topics nobody sweeps any more.
+local function backstop(keys, ms)
+  for _, key in ipairs(keys) do redis.call('PEXPIRE', key, ms) end
+end
+
+-- Sweep (property 2): every instance whose hold expired loses it; each user
+-- whose last holder that was leaves, with exactly one `leave` published —
+-- the script is atomic, so concurrent sweepers cannot both see the same hold.
+-- The leave is attributed to the dead instance, so the sweeper also receives it.
+-- Returns how many users left.
+local function sweep(users, refs, inst, seq, held_prefix, channel, now)
+  local dead = redis.call('ZRANGEBYSCORE', inst, '-inf', now)
+  local left = 0
+  for _, instance in ipairs(dead) do
+    local held = held_prefix .. instance
+    for _, user in ipairs(redis.call('SMEMBERS', held)) do
+      if redis.call('HINCRBY', refs, user, -1) <= 0 then
+        redis.call('HDEL', refs, user)
+        local data = redis.call('HGET', users, user) or 'null'
+        redis.call('HDEL', users, user)
+        publish_change(channel, instance, next_seq(seq, now), 'leave', user, data)
+        left = left + 1
+      end
+    end
+    redis.call('DEL', held)
+    redis.call('ZREM', inst, instance)
+  end
+  return left
+end
+

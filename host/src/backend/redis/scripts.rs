@@ -1,0 +1,119 @@
+//! The Lua scripts, each built once from its `.lua` file (with the shared
+//! prelude) and called by SHA, and their typed replies.
+
+use redis::{FromRedisValue, ParsingError, Script, Value};
+use std::sync::LazyLock;
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), include_str!($file))))
+    };
+}
+
+pub static JOIN: LazyLock<Script> = script!("join.lua");
+pub static LEAVE: LazyLock<Script> = script!("leave.lua");
+pub static TICK: LazyLock<Script> = script!("tick.lua");
+pub static SNAPSHOT: LazyLock<Script> = script!("snapshot.lua");
+pub static COUNT: LazyLock<Script> = script!("count.lua");
+pub static CLEAR: LazyLock<Script> = script!("clear.lua");
+
+/// Every script, for loading after a NOSCRIPT (Redis restarted or flushed).
+pub fn all() -> [&'static Script; 6] {
+    [&JOIN, &LEAVE, &TICK, &SNAPSHOT, &COUNT, &CLEAR]
+}
+
+fn text(value: &Value) -> Result<String, ParsingError> {
+    String::from_redis_value_ref(value)
+}
+
+fn int(value: &Value) -> Result<u64, ParsingError> {
+    u64::from_redis_value_ref(value)
+}
+
+fn items(value: Value, at_least: usize) -> Result<Vec<Value>, ParsingError> {
+    match value {
+        Value::Array(items) if items.len() >= at_least => Ok(items),
+        other => Err(format!("expected an array of {at_least}+ items, got {other:?}").into()),
+    }
+}
+
+/// Reply of join.lua.
+pub struct JoinReply(pub super::JoinOutcome);
+
+impl FromRedisValue for JoinReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        use super::JoinOutcome::*;
+        let items = items(v, 2)?;
+        Ok(JoinReply(match text(&items[0])?.as_str() {
+            "join" => Joined {
+                seq: int(&items[1])?,
+            },
+            "updated" => Updated {
+                seq: int(&items[1])?,
+            },
+            "same" => Unchanged,
+            "stale" => StaleEpoch {
+                epoch: text(&items[1])?,
+            },
+            other => return Err(format!("unknown join status {other:?}").into()),
+        }))
+    }
+}
+
+/// Reply of leave.lua.
+pub struct LeaveReply(pub super::LeaveOutcome);
+
+impl FromRedisValue for LeaveReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        use super::LeaveOutcome::*;
+        let items = items(v, 2)?;
+        Ok(LeaveReply(match text(&items[0])?.as_str() {
+            "left" if items.len() == 3 => Left {
+                seq: int(&items[1])?,
+                data: text(&items[2])?,
+            },
+            "held" => StillHeld,
+            "absent" => NotHeld,
+            other => return Err(format!("unknown leave status {other:?}").into()),
+        }))
+    }
+}
+
+/// Reply of tick.lua.
+pub struct TickReply(pub super::TickOutcome);
+
+impl FromRedisValue for TickReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        use super::TickOutcome::*;
+        let items = items(v, 2)?;
+        Ok(TickReply(match text(&items[0])?.as_str() {
+            "alive" => Alive,
+            "lost" => Lost,
+            "cleared" => Cleared {
+                epoch: text(&items[1])?,
+            },
+            other => return Err(format!("unknown tick status {other:?}").into()),
+        }))
+    }
+}
+
+/// Reply of snapshot.lua.
+pub struct SnapshotReply(pub super::Snapshot);
+
+impl FromRedisValue for SnapshotReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let mut items = items(v, 2)?.into_iter();
+        let seq = int(&items.next().expect("checked length"))?;
+        let epoch = text(&items.next().expect("checked length"))?;
+        let rest: Vec<Value> = items.collect();
+        let users = rest
+            .chunks_exact(2)
+            .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
+            .collect::<Result<_, ParsingError>>()?;
+        Ok(SnapshotReply(super::Snapshot {
+            seq,
+            epoch: (!epoch.is_empty()).then_some(epoch),
+            users,
+        }))
+    }
+}

@@ -1,0 +1,70 @@
+//! The one message shape clients receive — `{"topic","event","data"}` — and
+//! the builders for the presence events of the svelte-adapter-uws protocol.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Prefix of the topic that carries a topic's presence events.
+pub const PRESENCE_PREFIX: &str = "__presence:";
+
+/// `__presence:<topic>`.
+pub fn presence_topic(topic: &str) -> String {
+    format!("{PRESENCE_PREFIX}{topic}")
+}
+
+/// One server → client message. `data` is kept as JSON text so it is
+/// serialised once, however many connections receive it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Envelope {
+    pub topic: String,
+    pub event: String,
+    pub data: Box<RawValue>,
+}
+
+impl Envelope {
+    pub fn new(topic: impl Into<String>, event: impl Into<String>, data: Box<RawValue>) -> Self {
+        Self {
+            topic: topic.into(),
+            event: event.into(),
+            data,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an envelope always serialises")
+    }
+
+    /// `{"key":…,"data":…}` for `join`, `leave` and `updated` on `topic`.
+    pub fn member(topic: &str, event: &str, key: &str, data: &str) -> Self {
+        Self::new(presence_topic(topic), event, raw(member_json(key, data)))
+    }
+
+    /// `list`: every member, the receiver included.
+    pub fn list<'a>(topic: &str, members: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        let items: Vec<String> = members.map(|(key, data)| member_json(key, data)).collect();
+        Self::new(
+            presence_topic(topic),
+            "list",
+            raw(format!("[{}]", items.join(","))),
+        )
+    }
+
+    /// `heartbeat`: the keys still alive.
+    pub fn heartbeat<'a>(topic: &str, keys: impl Iterator<Item = &'a str>) -> Self {
+        let keys: Vec<&str> = keys.collect();
+        let json = serde_json::to_string(&keys).expect("strings serialise");
+        Self::new(presence_topic(topic), "heartbeat", raw(json))
+    }
+}
+
+fn member_json(key: &str, data: &str) -> String {
+    format!(
+        r#"{{"key":{},"data":{data}}}"#,
+        serde_json::to_string(key).expect("strings serialise")
+    )
+}
+
+/// Wrap JSON text the engine produced itself (always valid).
+fn raw(json: String) -> Box<RawValue> {
+    RawValue::from_string(json).expect("engine-built JSON is valid")
+}

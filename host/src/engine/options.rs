@@ -1,0 +1,89 @@
+//! The engine's options (the seed's `key`, `select`, `heartbeat`, `ttl`, plus
+//! limits) and their validation.
+
+use super::Error;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Raw user data → public data. An `Err` rejects the join with that message.
+pub type SelectFn = Arc<dyn Fn(&Value) -> Result<Value, String> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Options {
+    /// Field of the user data that identifies a user across tabs (default `id`).
+    /// A connection without it counts as its own user.
+    pub key: String,
+    /// Public fields; `None` = [`super::select::default_select`].
+    pub select: Option<SelectFn>,
+    /// How often holds are refreshed and expired holds swept (default 30 s).
+    pub heartbeat: Duration,
+    /// How long a hold outlives its instance's last heartbeat (default 90 s).
+    pub ttl: Duration,
+    /// Largest public data, as JSON, of one user (default 16 KiB).
+    pub max_data_bytes: usize,
+    /// Longest topic name in bytes (default 1 KiB).
+    pub max_topic_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            key: "id".into(),
+            select: None,
+            heartbeat: Duration::from_secs(30),
+            ttl: Duration::from_secs(90),
+            max_data_bytes: 16 * 1024,
+            max_topic_bytes: 1024,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("key", &self.key)
+            .field("select", &self.select.as_ref().map(|_| "custom"))
+            .field("heartbeat", &self.heartbeat)
+            .field("ttl", &self.ttl)
+            .field("max_data_bytes", &self.max_data_bytes)
+            .field("max_topic_bytes", &self.max_topic_bytes)
+            .finish()
+    }
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |name, reason: &str| {
+            Err(Error::InvalidOption {
+                name,
+                reason: reason.into(),
+            })
+        };
+        if self.key.is_empty() {
+            return invalid("key", "must name a field");
+        }
+        if self.heartbeat.is_zero() {
+            return invalid("heartbeat", "must be greater than 0 ms");
+        }
+        if self.ttl.is_zero() {
+            return invalid("ttl", "must be greater than 0 s");
+        }
+        if self.ttl <= self.heartbeat {
+            return Err(Error::InvalidOption {
+                name: "ttl",
+                reason: format!(
+                    "{:?} is not longer than the heartbeat ({:?}): every hold would expire between refreshes",
+                    self.ttl, self.heartbeat
+                ),
+            });
+        }
+        if self.max_data_bytes < 2 {
+            return invalid("max_data_bytes", "must allow at least `{}`");
+        }
+        if self.max_topic_bytes == 0 {
+            return invalid("max_topic_bytes", "must be greater than 0");
+        }
+        Ok(())
+    }
+}

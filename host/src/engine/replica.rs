@@ -1,0 +1,157 @@
+//! An instance's local copy of one topic's members, kept by events that may
+//! arrive out of order (a script's reply can overtake another instance's
+//! earlier event on the subscriber connection).
+//!
+//! Every change carries the topic's sequence number; the replica remembers,
+//! per key, the newest one it applied (keeping a short-lived tombstone for
+//! keys that left), and a snapshot taken at sequence `S` covers everything up
+//! to `S`. A change is applied — and shown to clients — only if it is newer
+//! than both, so each change is shown exactly once and in per-user order.
+
+use crate::backend::{ChangeKind, Snapshot};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub(crate) struct Replica {
+    entries: HashMap<String, Entry>,
+    /// Sequence number of the newest snapshot installed.
+    floor: u64,
+}
+
+struct Entry {
+    seq: u64,
+    /// `None`: the key left (a tombstone, pruned after a while).
+    data: Option<String>,
+    since: Instant,
+}
+
+/// A change local subscribers must be told about.
+pub(crate) type Shown = (ChangeKind, String, String);
+
+impl Replica {
+    /// Apply one change; true if it was new (and so must be shown).
+    pub fn apply(&mut self, seq: u64, kind: ChangeKind, key: &str, data: &str) -> bool {
+        if seq <= self.floor || self.entries.get(key).is_some_and(|e| e.seq >= seq) {
+            return false;
+        }
+        let data = (kind != ChangeKind::Leave).then(|| data.to_owned());
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                seq,
+                data,
+                since: Instant::now(),
+            },
+        );
+        true
+    }
+
+    /// Merge a snapshot; returns what changed, for local subscribers.
+    pub fn install(&mut self, snapshot: &Snapshot) -> Vec<Shown> {
+        let floor = snapshot.seq;
+        let mut shown = Vec::new();
+        let mut present = std::collections::HashSet::with_capacity(snapshot.users.len());
+        for (key, data) in &snapshot.users {
+            present.insert(key.as_str());
+            match self.entries.get_mut(key) {
+                Some(entry) if entry.seq > floor => {}
+                Some(entry) => {
+                    match &entry.data {
+                        Some(old) if old == data => {}
+                        Some(_) => shown.push((ChangeKind::Updated, key.clone(), data.clone())),
+                        None => shown.push((ChangeKind::Join, key.clone(), data.clone())),
+                    }
+                    entry.seq = floor;
+                    entry.data = Some(data.clone());
+                }
+                None => {
+                    shown.push((ChangeKind::Join, key.clone(), data.clone()));
+                    self.entries.insert(
+                        key.clone(),
+                        Entry {
+                            seq: floor,
+                            data: Some(data.clone()),
+                            since: Instant::now(),
+                        },
+                    );
+                }
+            }
+        }
+        self.entries.retain(|key, entry| {
+            if entry.seq > floor || present.contains(key.as_str()) {
+                return true;
+            }
+            if let Some(data) = entry.data.take() {
+                shown.push((ChangeKind::Leave, key.clone(), data));
+            }
+            false
+        });
+        self.floor = self.floor.max(floor);
+        shown
+    }
+
+    /// Current members: (key, public data JSON).
+    pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| e.data.as_deref().map(|d| (k.as_str(), d)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members().next().is_none()
+    }
+
+    /// Forget tombstones older than `age`: by then no delayed event is in flight.
+    pub fn prune(&mut self, age: Duration) {
+        let now = Instant::now();
+        self.entries
+            .retain(|_, e| e.data.is_some() || now.duration_since(e.since) < age);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ChangeKind::*;
+
+    fn snapshot(seq: u64, users: &[(&str, &str)]) -> Snapshot {
+        Snapshot {
+            seq,
+            epoch: None,
+            users: users
+                .iter()
+                .map(|(k, d)| (k.to_string(), d.to_string()))
+                .collect(),
+        }
+    }
+
+    /// An older leave that arrives after a newer join of the same user is ignored.
+    #[test]
+    fn late_old_events_are_ignored() {
+        let mut r = Replica::default();
+        assert!(r.apply(5, Join, "a", "1"));
+        assert!(!r.apply(4, Leave, "a", "1"));
+        assert_eq!(r.members().collect::<Vec<_>>(), vec![("a", "1")]);
+        assert!(r.apply(6, Leave, "a", "1"));
+        assert!(!r.apply(5, Join, "a", "1"));
+        assert!(r.is_empty());
+    }
+
+    /// A snapshot neither loses nor doubles events that raced with it.
+    #[test]
+    fn snapshot_merges_with_racing_events() {
+        let mut r = Replica::default();
+        assert!(r.apply(12, Join, "late", "2")); // arrived before the snapshot (seq 10) was read
+        let shown = r.install(&snapshot(10, &[("a", "1")]));
+        assert_eq!(shown, vec![(Join, "a".into(), "1".into())]);
+        assert!(!r.apply(9, Join, "b", "3")); // covered by the snapshot
+        let mut members: Vec<_> = r.members().collect();
+        members.sort();
+        assert_eq!(members, vec![("a", "1"), ("late", "2")]);
+        // a re-read that no longer has `a` shows its leave, once
+        let shown = r.install(&snapshot(20, &[("late", "2")]));
+        assert_eq!(shown, vec![(Leave, "a".into(), "1".into())]);
+        assert!(r.install(&snapshot(20, &[("late", "2")])).is_empty());
+    }
+}

@@ -1,0 +1,24 @@
+//! # presence
+//!
+//! Who is online in each topic, across every server instance: the
+//! svelte-adapter-uws presence API on Redis (or in memory), with exactly-once
+//! `join`/`leave` announcements and per-hold expiry on Redis 6.2/7.0.
+//!
+//! # Layout
+//!
+//! - [`engine`]: the seed's API ([`Presence`]) and its semantics — first/last
+//!   local connection counting, local replicas, heartbeat, hooks. Talks to
+//!   clients only through [`Platform`], to storage only through [`Backend`].
+//! - [`backend`]: where the state lives — the [`Backend`] trait,
+//!   [`backend::redis`] (Lua scripts, pub/sub, reconnection) and
+//!   [`backend::memory`] (one process).
+//! - [`hub`]: a ready [`Platform`] — connections with bounded send queues
+//!   and topic subscriptions — used by the server, embedders and tests.
+
+pub mod backend;
+pub mod engine;
+pub mod hub;
+
+pub use backend::Backend;
+pub use engine::{ConnId, Envelope, Error, Hooks, Member, Options, Platform, Presence};
+pub use hub::Hub;
