@@ -1,1 +1,162 @@
-//! placeholder
+//! Test support: real `redis-server` processes on free ports (killed on drop),
+//! engine instances on either backend, and recording clients that wait for
+//! envelopes with deadlines instead of sleeping.
+
+pub mod redis_server;
+
+use presence::backend::memory::MemoryStore;
+use presence::backend::redis::{RedisBackend, RedisOptions};
+use presence::hub::Frame;
+use presence::{ConnId, Hub, Options, Presence};
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub use redis_server::RedisServer;
+
+/// How long any awaited condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Options with a fast heartbeat, for tests.
+pub fn fast_options() -> Options {
+    Options { heartbeat: Duration::from_millis(100), ttl: Duration::from_millis(600), ..Options::default() }
+}
+
+/// Where an engine keeps its state in a test.
+#[derive(Clone)]
+pub enum Store {
+    Memory(MemoryStore),
+    Redis { url: String, prefix: String },
+}
+
+impl Store {
+    pub fn memory() -> Self {
+        Store::Memory(MemoryStore::new())
+    }
+
+    pub fn redis(server: &RedisServer) -> Self {
+        Store::Redis { url: server.url(), prefix: "presence".into() }
+    }
+
+    pub async fn backend(&self) -> Arc<dyn presence::Backend> {
+        match self {
+            Store::Memory(store) => Arc::new(store.backend()),
+            Store::Redis { url, prefix } => {
+                let mut options = RedisOptions::new(url.clone());
+                options.prefix = prefix.clone();
+                options.timeout = Duration::from_millis(500);
+                Arc::new(RedisBackend::connect(options).await.expect("connect to test redis"))
+            }
+        }
+    }
+}
+
+/// One server instance: an engine and the hub its connections live in.
+pub struct Instance {
+    pub presence: Presence,
+    pub hub: Arc<Hub>,
+}
+
+impl Instance {
+    pub async fn start(store: &Store, options: Options) -> Self {
+        let hub = Hub::new();
+        let presence = Presence::new(store.backend().await, hub.clone(), options).expect("valid options");
+        Self { presence, hub }
+    }
+
+    /// A new connection with this user data.
+    pub fn connect(&self, user_data: Value) -> Client {
+        let (id, rx) = self.hub.connect(user_data, 10_000);
+        Client { id, rx, seen: Vec::new() }
+    }
+
+    /// Close a connection the way a server does: close hook, then forget it.
+    pub async fn close(&self, client: &Client) {
+        self.presence.hooks().close(client.id).await.expect("close");
+        self.hub.disconnect(client.id);
+    }
+}
+
+/// A connection's receiving end, remembering what it received.
+pub struct Client {
+    pub id: ConnId,
+    rx: mpsc::Receiver<Frame>,
+    pub seen: Vec<Value>,
+}
+
+impl Client {
+    fn pull(&mut self) {
+        while let Ok(frame) = self.rx.try_recv() {
+            self.seen.push(serde_json::from_str(&frame).expect("frames are JSON"));
+        }
+    }
+
+    /// Wait until an envelope with this event (and matching `pred`) arrives; returns it.
+    pub async fn wait_for(&mut self, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        let mut checked = 0;
+        loop {
+            self.pull();
+            for envelope in &self.seen[checked..] {
+                if envelope["event"] == event && pred(&envelope["data"]) {
+                    return envelope.clone();
+                }
+            }
+            checked = self.seen.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("no `{event}` envelope within {DEADLINE:?}; got {:#?}", self.seen);
+            }
+            if let Ok(Some(frame)) = tokio::time::timeout(left, self.rx.recv()).await {
+                self.seen.push(serde_json::from_str(&frame).expect("frames are JSON"));
+            }
+        }
+    }
+
+    /// The envelopes received so far with this event.
+    pub fn events(&mut self, event: &str) -> Vec<Value> {
+        self.pull();
+        self.seen.iter().filter(|e| e["event"] == event).cloned().collect()
+    }
+
+    /// How many `event`s concerned user `key` so far.
+    pub fn count_for(&mut self, event: &str, key: &str) -> usize {
+        self.events(event).iter().filter(|e| e["data"]["key"] == key).count()
+    }
+
+    /// Keys in the latest `list` envelope.
+    pub fn last_list_keys(&mut self) -> Vec<String> {
+        let lists = self.events("list");
+        let list = lists.last().expect("a list was received");
+        let mut keys: Vec<String> =
+            list["data"].as_array().unwrap().iter().map(|m| m["key"].as_str().unwrap().to_owned()).collect();
+        keys.sort();
+        keys
+    }
+}
+
+/// Poll `check` until it is true or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not true within {DEADLINE:?}: {what}");
+}
+
+/// Sorted keys of `list(topic)`.
+pub async fn keys(instance: &Instance, topic: &str) -> Vec<String> {
+    let mut keys: Vec<String> =
+        instance.presence.list(topic).await.expect("list").into_iter().map(|m| m.key).collect();
+    keys.sort();
+    keys
+}
