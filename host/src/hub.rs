@@ -55,10 +55,7 @@ impl HubState {
 
     /// Queue a frame; a full or closed queue cuts the connection off.
     fn deliver(&mut self, conn: ConnId, frame: &Frame) -> bool {
-        let ok = self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.tx.try_send(frame.clone()).is_ok());
+        let ok = self.conns.get(&conn).is_some_and(|c| c.tx.try_send(frame.clone()).is_ok());
         if !ok {
             self.remove(conn);
         }
@@ -72,9 +69,7 @@ impl Hub {
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Register a connection; frames for it arrive on the receiver, at most
@@ -82,14 +77,7 @@ impl Hub {
     pub fn connect(&self, user_data: Value, queue: usize) -> (ConnId, mpsc::Receiver<Frame>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(queue.max(1));
-        self.lock().conns.insert(
-            id,
-            Conn {
-                user_data,
-                tx,
-                topics: HashSet::new(),
-            },
-        );
+        self.lock().conns.insert(id, Conn { user_data, tx, topics: HashSet::new() });
         (id, rx)
     }
 
@@ -124,10 +112,7 @@ impl Hub {
     }
 
     pub fn is_subscribed(&self, conn: ConnId, topic: &str) -> bool {
-        self.lock()
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.topics.contains(topic))
+        self.lock().conns.get(&conn).is_some_and(|c| c.topics.contains(topic))
     }
 
     /// How many connections were cut off for not reading fast enough.
@@ -145,11 +130,7 @@ impl Platform for Hub {
         let mut state = self.lock();
         if let Some(entry) = state.conns.get_mut(&conn) {
             entry.topics.insert(topic.to_owned());
-            state
-                .topics
-                .entry(topic.to_owned())
-                .or_default()
-                .insert(conn);
+            state.topics.entry(topic.to_owned()).or_default().insert(conn);
         }
     }
 

@@ -28,7 +28,7 @@ pub fn fast_options() -> Options {
 #[derive(Clone)]
 pub enum Store {
     Memory(MemoryStore),
-    Redis { url: String, prefix: String },
+    Redis { url: String, prefix: String, timeout: Duration },
 }
 
 impl Store {
@@ -37,16 +37,24 @@ impl Store {
     }
 
     pub fn redis(server: &RedisServer) -> Self {
-        Store::Redis { url: server.url(), prefix: "presence".into() }
+        Store::Redis { url: server.url(), prefix: "presence".into(), timeout: Duration::from_millis(500) }
+    }
+
+    /// The same store with another bound on each Redis call.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        match self {
+            Store::Redis { url, prefix, .. } => Store::Redis { url, prefix, timeout },
+            memory => memory,
+        }
     }
 
     pub async fn backend(&self) -> Arc<dyn presence::Backend> {
         match self {
             Store::Memory(store) => Arc::new(store.backend()),
-            Store::Redis { url, prefix } => {
+            Store::Redis { url, prefix, timeout } => {
                 let mut options = RedisOptions::new(url.clone());
                 options.prefix = prefix.clone();
-                options.timeout = Duration::from_millis(500);
+                options.timeout = *timeout;
                 Arc::new(RedisBackend::connect(options).await.expect("connect to test redis"))
             }
         }
@@ -155,8 +163,7 @@ where
 
 /// Sorted keys of `list(topic)`.
 pub async fn keys(instance: &Instance, topic: &str) -> Vec<String> {
-    let mut keys: Vec<String> =
-        instance.presence.list(topic).await.expect("list").into_iter().map(|m| m.key).collect();
+    let mut keys: Vec<String> = instance.presence.list(topic).await.expect("list").into_iter().map(|m| m.key).collect();
     keys.sort();
     keys
 }

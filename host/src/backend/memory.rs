@@ -6,8 +6,8 @@
 //! process behave exactly like several server instances on one Redis.
 
 use super::{
-    now_ms, Backend, BackendError, BackendEvent, Change, ChangeKind, JoinOutcome, LeaveOutcome,
-    Snapshot, TickOutcome, TickTopic,
+    now_ms, Backend, BackendError, BackendEvent, Change, ChangeKind, JoinOutcome, LeaveOutcome, Snapshot, TickOutcome,
+    TickTopic,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -64,12 +64,8 @@ impl Shared {
         let Some(data) = self.topics.get_mut(topic) else {
             return;
         };
-        let dead: Vec<String> = data
-            .holds
-            .iter()
-            .filter(|(_, hold)| hold.expires_at <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let dead: Vec<String> =
+            data.holds.iter().filter(|(_, hold)| hold.expires_at <= now).map(|(id, _)| id.clone()).collect();
         let mut changes = Vec::new();
         for instance in dead {
             let hold = data.holds.remove(&instance).unwrap_or_default();
@@ -117,18 +113,8 @@ impl MemoryStore {
     pub fn backend(&self) -> MemoryBackend {
         let instance = super::new_instance_id();
         let (tx, rx) = mpsc::unbounded_channel();
-        self.shared.lock().unwrap().watchers.insert(
-            instance.clone(),
-            Watcher {
-                topics: HashSet::new(),
-                tx,
-            },
-        );
-        MemoryBackend {
-            store: self.clone(),
-            instance,
-            events: Mutex::new(Some(rx)),
-        }
+        self.shared.lock().unwrap().watchers.insert(instance.clone(), Watcher { topics: HashSet::new(), tx });
+        MemoryBackend { store: self.clone(), instance, events: Mutex::new(Some(rx)) }
     }
 }
 
@@ -163,9 +149,7 @@ impl Backend for MemoryBackend {
         let entry = shared.topics.entry(topic.to_owned()).or_default();
         if let Some(current) = &entry.epoch {
             if Some(current.as_str()) != epoch {
-                return Ok(JoinOutcome::StaleEpoch {
-                    epoch: current.clone(),
-                });
+                return Ok(JoinOutcome::StaleEpoch { epoch: current.clone() });
             }
         }
         let hold = entry.holds.entry(self.instance.clone()).or_default();
@@ -207,10 +191,7 @@ impl Backend for MemoryBackend {
         let Some(entry) = shared.topics.get_mut(topic) else {
             return Ok(LeaveOutcome::NotHeld);
         };
-        let held = entry
-            .holds
-            .get_mut(&self.instance)
-            .is_some_and(|hold| hold.users.remove(key));
+        let held = entry.holds.get_mut(&self.instance).is_some_and(|hold| hold.users.remove(key));
         if !held {
             return Ok(LeaveOutcome::NotHeld);
         }
@@ -243,11 +224,7 @@ impl Backend for MemoryBackend {
             .map(|data| Snapshot {
                 seq: data.seq,
                 epoch: data.epoch.clone(),
-                users: data
-                    .users
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                users: data.users.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             })
             .unwrap_or_default())
     }
@@ -255,26 +232,17 @@ impl Backend for MemoryBackend {
     async fn count(&self, topic: &str) -> Result<u64, BackendError> {
         let mut shared = self.lock();
         shared.sweep(topic, now_ms());
-        Ok(shared
-            .topics
-            .get(topic)
-            .map_or(0, |data| data.users.len() as u64))
+        Ok(shared.topics.get(topic).map_or(0, |data| data.users.len() as u64))
     }
 
-    async fn tick(
-        &self,
-        topics: &[TickTopic],
-        ttl: Duration,
-    ) -> Result<Vec<TickOutcome>, BackendError> {
+    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickOutcome>, BackendError> {
         let mut shared = self.lock();
         let now = now_ms();
         let mut outcomes = Vec::with_capacity(topics.len());
         for item in topics {
             let data = shared.topics.entry(item.topic.clone()).or_default();
             let outcome = match &data.epoch {
-                Some(epoch) if Some(epoch) != item.epoch.as_ref() => TickOutcome::Cleared {
-                    epoch: epoch.clone(),
-                },
+                Some(epoch) if Some(epoch) != item.epoch.as_ref() => TickOutcome::Cleared { epoch: epoch.clone() },
                 _ if !item.holds => TickOutcome::Alive,
                 _ => match data.holds.get_mut(&self.instance) {
                     Some(hold) => {
@@ -300,11 +268,8 @@ impl Backend for MemoryBackend {
             data.refs.clear();
             data.holds.clear();
             data.epoch = Some(epoch.clone());
-            let event = BackendEvent::Cleared {
-                topic: topic.clone(),
-                instance: self.instance.clone(),
-                epoch: epoch.clone(),
-            };
+            let event =
+                BackendEvent::Cleared { topic: topic.clone(), instance: self.instance.clone(), epoch: epoch.clone() };
             shared.announce(&topic, event);
         }
         Ok(())

@@ -33,10 +33,7 @@ impl BackendError {
     /// True when the operation may have been applied even though it failed
     /// (the reply was lost): the caller must compensate.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(
-            self,
-            BackendError::Timeout { .. } | BackendError::Unavailable { .. }
-        )
+        matches!(self, BackendError::Timeout { .. } | BackendError::Unavailable { .. })
     }
 }
 
@@ -169,11 +166,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Refresh this instance's holds and sweep, for every topic given, in one
     /// pipelined batch. Returns one outcome per topic, in order.
-    async fn tick(
-        &self,
-        topics: &[TickTopic],
-        ttl: Duration,
-    ) -> Result<Vec<TickOutcome>, BackendError>;
+    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickOutcome>, BackendError>;
 
     /// Wipe every topic and announce `clear` on each.
     async fn clear(&self) -> Result<(), BackendError>;
@@ -204,8 +197,5 @@ pub fn backstop(ttl: Duration) -> Duration {
 
 /// Milliseconds since the Unix epoch: the clock every holder's expiry uses.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -23,11 +23,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn new(topic: impl Into<String>, event: impl Into<String>, data: Box<RawValue>) -> Self {
-        Self {
-            topic: topic.into(),
-            event: event.into(),
-            data,
-        }
+        Self { topic: topic.into(), event: event.into(), data }
     }
 
     pub fn to_json(&self) -> String {
@@ -39,14 +35,10 @@ impl Envelope {
         Self::new(presence_topic(topic), event, raw(member_json(key, data)))
     }
 
-    /// `list`: every member, the receiver included.
-    pub fn list<'a>(topic: &str, members: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
-        let items: Vec<String> = members.map(|(key, data)| member_json(key, data)).collect();
-        Self::new(
-            presence_topic(topic),
-            "list",
-            raw(format!("[{}]", items.join(","))),
-        )
+    /// `list`: every member, the receiver included, given as a JSON array
+    /// of `{"key","data"}` objects.
+    pub fn list(topic: &str, members_json: String) -> Self {
+        Self::new(presence_topic(topic), "list", raw(members_json))
     }
 
     /// `heartbeat`: the keys still alive.
@@ -57,11 +49,8 @@ impl Envelope {
     }
 }
 
-fn member_json(key: &str, data: &str) -> String {
-    format!(
-        r#"{{"key":{},"data":{data}}}"#,
-        serde_json::to_string(key).expect("strings serialise")
-    )
+pub(crate) fn member_json(key: &str, data: &str) -> String {
+    format!(r#"{{"key":{},"data":{data}}}"#, serde_json::to_string(key).expect("strings serialise"))
 }
 
 /// Wrap JSON text the engine produced itself (always valid).

@@ -18,20 +18,11 @@ pub(super) async fn pump(inner: Weak<Inner>, mut events: mpsc::UnboundedReceiver
                 if let Some(topic) = topic {
                     let mut state = topic.lock();
                     if !state.detached {
-                        inner.show(
-                            &change.topic,
-                            &mut state,
-                            change.seq,
-                            change.kind,
-                            &change.key,
-                            &change.data,
-                        );
+                        inner.show(&change.topic, &mut state, change.seq, change.kind, &change.key, &change.data);
                     }
                 }
             }
-            BackendEvent::Cleared {
-                topic, instance, ..
-            } if instance != inner.backend.instance() => {
+            BackendEvent::Cleared { topic, instance, .. } if instance != inner.backend.instance() => {
                 inner.clear_local(&topic);
             }
             BackendEvent::Resynced => {
@@ -44,11 +35,7 @@ pub(super) async fn pump(inner: Weak<Inner>, mut events: mpsc::UnboundedReceiver
 
 /// Re-read every watched topic and show what changed while events were lost.
 async fn resync(inner: Arc<Inner>) {
-    let topics: Vec<_> = lock(&inner.topics)
-        .values()
-        .filter(|t| t.ready.initialized())
-        .cloned()
-        .collect();
+    let topics: Vec<_> = lock(&inner.topics).values().filter(|t| t.ready.initialized()).cloned().collect();
     for topic in topics {
         match inner.backend.snapshot(&topic.name).await {
             Ok(snapshot) => {

@@ -30,20 +30,12 @@ impl Inner {
             return;
         }
         // Connections the platform lost without telling us.
-        let closed: Vec<_> = lock(&self.conns)
-            .keys()
-            .copied()
-            .filter(|c| !self.platform.is_open(*c))
-            .collect();
+        let closed: Vec<_> = lock(&self.conns).keys().copied().filter(|c| !self.platform.is_open(*c)).collect();
         for conn in closed {
             let _ = self.leave_all(conn).await;
         }
 
-        let topics: Vec<_> = lock(&self.topics)
-            .values()
-            .filter(|t| t.ready.initialized())
-            .cloned()
-            .collect();
+        let topics: Vec<_> = lock(&self.topics).values().filter(|t| t.ready.initialized()).cloned().collect();
         for topic in &topics {
             self.settle(topic).await;
         }
@@ -52,11 +44,7 @@ impl Inner {
             .iter()
             .map(|t| {
                 let state = t.lock();
-                TickTopic {
-                    topic: t.name.clone(),
-                    holds: !state.slots.is_empty(),
-                    epoch: state.epoch.clone(),
-                }
+                TickTopic { topic: t.name.clone(), holds: !state.slots.is_empty(), epoch: state.epoch.clone() }
             })
             .collect();
         match self.backend.tick(&items, self.options.ttl).await {
@@ -84,10 +72,7 @@ impl Inner {
             state.replica.prune(tombstone_age);
             if !state.detached && !state.replica.is_empty() {
                 let keys = state.replica.members().map(|(key, _)| key);
-                self.platform.publish(
-                    &super::presence_topic(&topic.name),
-                    &Envelope::heartbeat(&topic.name, keys),
-                );
+                self.platform.publish(&super::presence_topic(&topic.name), &Envelope::heartbeat(&topic.name, keys));
             }
         }
         drop(topics);
@@ -108,11 +93,7 @@ impl Inner {
             match slot.wanted().map(str::to_owned) {
                 Some(data) => {
                     let epoch = topic.epoch();
-                    match self
-                        .backend
-                        .join(&topic.name, &key, &data, epoch.as_deref(), self.options.ttl)
-                        .await
-                    {
+                    match self.backend.join(&topic.name, &key, &data, epoch.as_deref(), self.options.ttl).await {
                         Ok(JoinOutcome::StaleEpoch { .. }) => {
                             drop(slot);
                             self.clear_local(&topic.name);
@@ -135,14 +116,7 @@ impl Inner {
                         if let crate::backend::LeaveOutcome::Left { seq, data } = outcome {
                             let mut state = topic.lock();
                             if !state.detached {
-                                self.show(
-                                    &topic.name,
-                                    &mut state,
-                                    seq,
-                                    crate::backend::ChangeKind::Leave,
-                                    &key,
-                                    &data,
-                                );
+                                self.show(&topic.name, &mut state, seq, crate::backend::ChangeKind::Leave, &key, &data);
                             }
                         }
                     }

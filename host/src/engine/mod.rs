@@ -55,19 +55,13 @@ pub(crate) struct Inner {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Presence {
     /// Start an engine (inside a tokio runtime): validates `options`, takes the
     /// backend's event stream and starts the heartbeat.
-    pub fn new(
-        backend: Arc<dyn Backend>,
-        platform: Arc<dyn Platform>,
-        options: Options,
-    ) -> Result<Self, Error> {
+    pub fn new(backend: Arc<dyn Backend>, platform: Arc<dyn Platform>, options: Options) -> Result<Self, Error> {
         options.validate()?;
         let events = backend.events().ok_or(Error::InvalidOption {
             name: "backend",
@@ -135,10 +129,7 @@ impl Presence {
         Ok(snapshot
             .users
             .into_iter()
-            .map(|(key, data)| Member {
-                key,
-                data: serde_json::from_str(&data).unwrap_or(Value::Null),
-            })
+            .map(|(key, data)| Member { key, data: serde_json::from_str(&data).unwrap_or(Value::Null) })
             .collect())
     }
 
@@ -239,12 +230,7 @@ impl Inner {
 
     fn check(&self, topic: &str) -> Result<(), Error> {
         self.check_alive()?;
-        let invalid = |reason| {
-            Err(Error::InvalidTopic {
-                topic: topic.chars().take(64).collect(),
-                reason,
-            })
-        };
+        let invalid = |reason| Err(Error::InvalidTopic { topic: topic.chars().take(64).collect(), reason });
         if topic.is_empty() {
             return invalid("empty");
         }
@@ -273,20 +259,14 @@ impl Inner {
         .map_err(Error::Select)?;
         let json = serde_json::to_string(&public).map_err(|e| Error::Select(e.to_string()))?;
         if json.len() > self.options.max_data_bytes {
-            return Err(Error::DataTooLarge {
-                size: json.len(),
-                limit: self.options.max_data_bytes,
-            });
+            return Err(Error::DataTooLarge { size: json.len(), limit: self.options.max_data_bytes });
         }
         Ok(json)
     }
 
     /// The topic, watched and seeded; created if needed.
     async fn ready_topic(&self, name: &str) -> Result<Arc<Topic>, Error> {
-        let topic = lock(&self.topics)
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Topic::new(name)))
-            .clone();
+        let topic = lock(&self.topics).entry(name.to_owned()).or_insert_with(|| Arc::new(Topic::new(name))).clone();
         topic
             .ready
             .get_or_try_init(|| async {
@@ -306,22 +286,11 @@ impl Inner {
 
     /// Tell the topic's local subscribers about a change.
     fn announce(&self, topic: &str, kind: ChangeKind, key: &str, data: &str) {
-        self.platform.publish(
-            &presence_topic(topic),
-            &Envelope::member(topic, kind.event(), key, data),
-        );
+        self.platform.publish(&presence_topic(topic), &Envelope::member(topic, kind.event(), key, data));
     }
 
     /// Apply a change this instance made (or learned) and show it if new.
-    fn show(
-        &self,
-        topic: &str,
-        state: &mut TopicState,
-        seq: u64,
-        kind: ChangeKind,
-        key: &str,
-        data: &str,
-    ) {
+    fn show(&self, topic: &str, state: &mut TopicState, seq: u64, kind: ChangeKind, key: &str, data: &str) {
         if state.replica.apply(seq, kind, key, data) {
             self.announce(topic, kind, key, data);
         }
@@ -341,17 +310,10 @@ impl Inner {
 
     async fn join(&self, conn: ConnId, name: &str) -> Result<(), Error> {
         self.check(name)?;
-        if name.starts_with("__")
-            || lock(&self.conns)
-                .get(&conn)
-                .is_some_and(|c| c.joined.contains_key(name))
-        {
+        if name.starts_with("__") || lock(&self.conns).get(&conn).is_some_and(|c| c.joined.contains_key(name)) {
             return Ok(());
         }
-        let user_data = self
-            .platform
-            .user_data(conn)
-            .ok_or(Error::UnknownConnection(conn))?;
+        let user_data = self.platform.user_data(conn).ok_or(Error::UnknownConnection(conn))?;
         let key = self.user_key(conn, &user_data);
         let data = self.public_data(&user_data)?;
         // A second pass only follows a join refused because the topic was cleared.
@@ -366,11 +328,7 @@ impl Inner {
             }
             if slot.remote != Remote::Held || slot.shown.as_deref() != Some(data.as_str()) {
                 let epoch = topic.epoch();
-                match self
-                    .backend
-                    .join(name, &key, &data, epoch.as_deref(), self.options.ttl)
-                    .await
-                {
+                match self.backend.join(name, &key, &data, epoch.as_deref(), self.options.ttl).await {
                     Ok(JoinOutcome::StaleEpoch { .. }) => {
                         drop(slot);
                         self.clear_local(name);
@@ -398,14 +356,9 @@ impl Inner {
                 return Ok(()); // cleared meanwhile: the join is gone with everything else
             }
             slot.conns.push((conn, data));
-            lock(&self.conns)
-                .entry(conn)
-                .or_default()
-                .joined
-                .insert(name.to_owned(), key);
+            lock(&self.conns).entry(conn).or_default().joined.insert(name.to_owned(), key);
             self.platform.subscribe(conn, &presence_topic(name));
-            self.platform
-                .send(conn, &Envelope::list(name, state.replica.members()));
+            self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
             return Ok(());
         }
         Err(Error::Backend(BackendError::Protocol {
@@ -415,12 +368,10 @@ impl Inner {
     }
 
     async fn leave_all(&self, conn: ConnId) -> Result<(), Error> {
-        let Some(entry) = lock(&self.conns).get(&conn).map(|c| {
-            (
-                c.joined.keys().cloned().collect::<Vec<_>>(),
-                c.observing.iter().cloned().collect::<Vec<_>>(),
-            )
-        }) else {
+        let Some(entry) = lock(&self.conns)
+            .get(&conn)
+            .map(|c| (c.joined.keys().cloned().collect::<Vec<_>>(), c.observing.iter().cloned().collect::<Vec<_>>()))
+        else {
             return Ok(());
         };
         let (joined, observing) = entry;
@@ -438,10 +389,7 @@ impl Inner {
     }
 
     async fn leave_topic(&self, conn: ConnId, name: &str) -> Result<(), Error> {
-        let Some(key) = lock(&self.conns)
-            .get(&conn)
-            .and_then(|c| c.joined.get(name).cloned())
-        else {
+        let Some(key) = lock(&self.conns).get(&conn).and_then(|c| c.joined.get(name).cloned()) else {
             return Ok(());
         };
         let topic = lock(&self.topics).get(name).cloned();
@@ -482,16 +430,9 @@ impl Inner {
                 }
             },
             // Other tabs remain: restore the newest one's data if it differs.
-            Some(wanted)
-                if slot.shown.as_deref() != Some(wanted.as_str())
-                    && slot.remote == Remote::Held =>
-            {
+            Some(wanted) if slot.shown.as_deref() != Some(wanted.as_str()) && slot.remote == Remote::Held => {
                 let epoch = topic.epoch();
-                match self
-                    .backend
-                    .join(name, &key, &wanted, epoch.as_deref(), self.options.ttl)
-                    .await
-                {
+                match self.backend.join(name, &key, &wanted, epoch.as_deref(), self.options.ttl).await {
                     Ok(outcome) => {
                         slot.shown = Some(wanted.clone());
                         self.show_join(&topic, &key, &wanted, &outcome);
@@ -531,14 +472,9 @@ impl Inner {
                 continue;
             }
             state.observers.insert(conn);
-            lock(&self.conns)
-                .entry(conn)
-                .or_default()
-                .observing
-                .insert(name.to_owned());
+            lock(&self.conns).entry(conn).or_default().observing.insert(name.to_owned());
             self.platform.subscribe(conn, &presence_topic(name));
-            self.platform
-                .send(conn, &Envelope::list(name, state.replica.members()));
+            self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
             return Ok(());
         }
         Ok(())
@@ -549,9 +485,7 @@ impl Inner {
             let mut state = topic.lock();
             state.observers.remove(&conn);
             let mut conns = lock(&self.conns);
-            let joined = conns
-                .get(&conn)
-                .is_some_and(|c| c.joined.contains_key(name));
+            let joined = conns.get(&conn).is_some_and(|c| c.joined.contains_key(name));
             if !joined {
                 self.platform.unsubscribe(conn, &presence_topic(name));
             }

@@ -54,12 +54,7 @@ impl std::fmt::Debug for Options {
 
 impl Options {
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |name, reason: &str| {
-            Err(Error::InvalidOption {
-                name,
-                reason: reason.into(),
-            })
-        };
+        let invalid = |name, reason: &str| Err(Error::InvalidOption { name, reason: reason.into() });
         if self.key.is_empty() {
             return invalid("key", "must name a field");
         }

@@ -8,6 +8,7 @@
 //! to `S`. A change is applied — and shown to clients — only if it is newer
 //! than both, so each change is shown exactly once and in per-user order.
 
+use super::envelope::member_json;
 use crate::backend::{ChangeKind, Snapshot};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,7 +24,16 @@ struct Entry {
     seq: u64,
     /// `None`: the key left (a tombstone, pruned after a while).
     data: Option<String>,
+    /// `{"key":…,"data":…}`, built once per change so a `list` is a concatenation.
+    member: String,
     since: Instant,
+}
+
+impl Entry {
+    fn new(seq: u64, key: &str, data: Option<String>) -> Self {
+        let member = data.as_deref().map(|d| member_json(key, d)).unwrap_or_default();
+        Self { seq, data, member, since: Instant::now() }
+    }
 }
 
 /// A change local subscribers must be told about.
@@ -36,14 +46,7 @@ impl Replica {
             return false;
         }
         let data = (kind != ChangeKind::Leave).then(|| data.to_owned());
-        self.entries.insert(
-            key.to_owned(),
-            Entry {
-                seq,
-                data,
-                since: Instant::now(),
-            },
-        );
+        self.entries.insert(key.to_owned(), Entry::new(seq, key, data));
         true
     }
 
@@ -62,19 +65,11 @@ impl Replica {
                         Some(_) => shown.push((ChangeKind::Updated, key.clone(), data.clone())),
                         None => shown.push((ChangeKind::Join, key.clone(), data.clone())),
                     }
-                    entry.seq = floor;
-                    entry.data = Some(data.clone());
+                    *entry = Entry::new(floor, key, Some(data.clone()));
                 }
                 None => {
                     shown.push((ChangeKind::Join, key.clone(), data.clone()));
-                    self.entries.insert(
-                        key.clone(),
-                        Entry {
-                            seq: floor,
-                            data: Some(data.clone()),
-                            since: Instant::now(),
-                        },
-                    );
+                    self.entries.insert(key.clone(), Entry::new(floor, key, Some(data.clone())));
                 }
             }
         }
@@ -93,9 +88,20 @@ impl Replica {
 
     /// Current members: (key, public data JSON).
     pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries
-            .iter()
-            .filter_map(|(k, e)| e.data.as_deref().map(|d| (k.as_str(), d)))
+        self.entries.iter().filter_map(|(k, e)| e.data.as_deref().map(|d| (k.as_str(), d)))
+    }
+
+    /// The members as a JSON array, for a `list` envelope.
+    pub fn list_json(&self) -> String {
+        let mut json = String::from("[");
+        for entry in self.entries.values().filter(|e| e.data.is_some()) {
+            if json.len() > 1 {
+                json.push(',');
+            }
+            json.push_str(&entry.member);
+        }
+        json.push(']');
+        json
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,8 +111,7 @@ impl Replica {
     /// Forget tombstones older than `age`: by then no delayed event is in flight.
     pub fn prune(&mut self, age: Duration) {
         let now = Instant::now();
-        self.entries
-            .retain(|_, e| e.data.is_some() || now.duration_since(e.since) < age);
+        self.entries.retain(|_, e| e.data.is_some() || now.duration_since(e.since) < age);
     }
 }
 
@@ -116,14 +121,7 @@ mod tests {
     use ChangeKind::*;
 
     fn snapshot(seq: u64, users: &[(&str, &str)]) -> Snapshot {
-        Snapshot {
-            seq,
-            epoch: None,
-            users: users
-                .iter()
-                .map(|(k, d)| (k.to_string(), d.to_string()))
-                .collect(),
-        }
+        Snapshot { seq, epoch: None, users: users.iter().map(|(k, d)| (k.to_string(), d.to_string())).collect() }
     }
 
     /// An older leave that arrives after a newer join of the same user is ignored.

@@ -30,9 +30,7 @@ pub fn default_select(user_data: &Value) -> Result<Value, String> {
 
 fn strip(value: &Value, depth: usize) -> Result<Value, String> {
     if depth > MAX_DEPTH {
-        return Err(format!(
-            "user data is nested deeper than {MAX_DEPTH} levels"
-        ));
+        return Err(format!("user data is nested deeper than {MAX_DEPTH} levels"));
     }
     Ok(match value {
         Value::Object(fields) => {
@@ -44,12 +42,7 @@ fn strip(value: &Value, depth: usize) -> Result<Value, String> {
             }
             Value::Object(kept)
         }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|item| strip(item, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Array(items) => Value::Array(items.iter().map(|item| strip(item, depth + 1)).collect::<Result<_, _>>()?),
         other => other.clone(),
     })
 }

@@ -67,17 +67,11 @@ impl Slot {
 
 impl Topic {
     pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            ready: OnceCell::new(),
-            state: Mutex::default(),
-        }
+        Self { name: name.to_owned(), ready: OnceCell::new(), state: Mutex::default() }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, TopicState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The user's slot, created if needed; `None` if the topic was cleared.
@@ -115,11 +109,7 @@ impl Topic {
     }
 
     pub fn slots(&self) -> Vec<(String, Arc<AsyncMutex<Slot>>)> {
-        self.lock()
-            .slots
-            .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect()
+        self.lock().slots.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
     }
 }
 

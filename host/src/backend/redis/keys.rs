@@ -38,10 +38,7 @@ impl TopicKeys {
 
 /// The topic a channel name belongs to, if it is one of ours.
 pub fn topic_of_channel<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
-    channel
-        .strip_prefix(prefix)?
-        .strip_prefix(":{")?
-        .strip_suffix(CHANNEL_SUFFIX)
+    channel.strip_prefix(prefix)?.strip_prefix(":{")?.strip_suffix(CHANNEL_SUFFIX)
 }
 
 /// The topic a key belongs to, if it is one of ours (used by clear's SCAN).
@@ -63,24 +60,13 @@ mod tests {
     /// Hostile topics round-trip through channel and key names unambiguously.
     #[test]
     fn topics_round_trip() {
-        for topic in [
-            "room",
-            "a|b",
-            "}:users",
-            "{x}",
-            "a}:held:0123456789abcdef",
-            "ü 💬",
-            "",
-        ] {
+        for topic in ["room", "a|b", "}:users", "{x}", "a}:held:0123456789abcdef", "ü 💬", ""] {
             let keys = TopicKeys::new("p", topic);
             assert_eq!(topic_of_channel("p", &keys.channel), Some(topic));
             for key in [&keys.users, &keys.refs, &keys.inst, &keys.seq, &keys.epoch] {
                 assert_eq!(topic_of_key("p", key), Some(topic), "{key}");
             }
-            assert_eq!(
-                topic_of_key("p", &keys.held("0123456789abcdef")),
-                Some(topic)
-            );
+            assert_eq!(topic_of_key("p", &keys.held("0123456789abcdef")), Some(topic));
         }
     }
 

@@ -25,8 +25,7 @@ mod subscriber;
 pub use keys::TopicKeys;
 
 use super::{
-    backstop, now_ms, Backend, BackendError, BackendEvent, JoinOutcome, LeaveOutcome, Snapshot,
-    TickOutcome, TickTopic,
+    backstop, now_ms, Backend, BackendError, BackendEvent, JoinOutcome, LeaveOutcome, Snapshot, TickOutcome, TickTopic,
 };
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -51,11 +50,7 @@ pub struct RedisOptions {
 
 impl RedisOptions {
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            prefix: "presence".into(),
-            timeout: Duration::from_secs(2),
-        }
+        Self { url: url.into(), prefix: "presence".into(), timeout: Duration::from_secs(2) }
     }
 }
 
@@ -73,15 +68,9 @@ fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
     if e.is_timeout() {
         BackendError::Timeout { op, after: timeout }
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        BackendError::Unavailable {
-            op,
-            reason: e.to_string(),
-        }
+        BackendError::Unavailable { op, reason: e.to_string() }
     } else {
-        BackendError::Protocol {
-            op,
-            reason: e.to_string(),
-        }
+        BackendError::Protocol { op, reason: e.to_string() }
     }
 }
 
@@ -89,36 +78,34 @@ impl RedisBackend {
     /// Connect (bounded by `options.timeout`) and start the subscriber.
     pub async fn connect(options: RedisOptions) -> Result<Self, BackendError> {
         let valid = !options.prefix.is_empty()
-            && options
-                .prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+            && options.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
         if !valid {
             return Err(BackendError::Protocol {
                 op: "connect",
-                reason: format!(
-                    "invalid key prefix {:?}: use letters, digits, `_`, `.`, `:` or `-`",
-                    options.prefix
-                ),
+                reason: format!("invalid key prefix {:?}: use letters, digits, `_`, `.`, `:` or `-`", options.prefix),
             });
         }
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| map_err("connect", options.timeout, e))?;
+        let client = redis::Client::open(options.url.as_str()).map_err(|e| map_err("connect", options.timeout, e))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(
-            options.timeout,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| BackendError::Timeout {
-            op: "connect",
-            after: options.timeout,
-        })?
-        .map_err(|e| map_err("connect", options.timeout, e))?;
+        let conn = tokio::time::timeout(options.timeout, client.get_connection_manager_with_config(config))
+            .await
+            .map_err(|_| BackendError::Timeout { op: "connect", after: options.timeout })?
+            .map_err(|e| map_err("connect", options.timeout, e))?;
+        // Load every script up front, so pipelined calls (which cannot load
+        // on demand) find them; after a Redis restart `pipeline` reloads.
+        let mut load = redis::pipe();
+        for script in scripts::all() {
+            load.load_script(script);
+        }
+        let mut loader = conn.clone();
+        tokio::time::timeout(options.timeout, load.query_async::<Vec<String>>(&mut loader))
+            .await
+            .map_err(|_| BackendError::Timeout { op: "connect", after: options.timeout })?
+            .map_err(|e| map_err("connect", options.timeout, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let subscriber = Subscriber::start(client, options.prefix.clone(), options.timeout, tx);
         Ok(Self {
@@ -147,10 +134,7 @@ impl RedisBackend {
     ) -> Result<T, BackendError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(|e| map_err(op, self.timeout, e)),
-            Err(_) => Err(BackendError::Timeout {
-                op,
-                after: self.timeout,
-            }),
+            Err(_) => Err(BackendError::Timeout { op, after: self.timeout }),
         }
     }
 
@@ -165,29 +149,19 @@ impl RedisBackend {
 
     /// Run a pipeline of script calls; after a NOSCRIPT (Redis restarted),
     /// load every script and try once more.
-    async fn pipeline<T: FromRedisValue>(
-        &self,
-        op: &'static str,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, BackendError> {
+    async fn pipeline<T: FromRedisValue>(&self, op: &'static str, pipe: &redis::Pipeline) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
-            Ok(Err(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut load = redis::pipe();
                 for script in scripts::all() {
                     load.load_script(script);
                 }
-                self.bounded(op, load.query_async::<Vec<String>>(&mut conn))
-                    .await?;
+                self.bounded(op, load.query_async::<Vec<String>>(&mut conn)).await?;
                 self.bounded(op, pipe.query_async::<T>(&mut conn)).await
             }
             Ok(result) => result.map_err(|e| map_err(op, self.timeout, e)),
-            Err(_) => Err(BackendError::Timeout {
-                op,
-                after: self.timeout,
-            }),
+            Err(_) => Err(BackendError::Timeout { op, after: self.timeout }),
         }
     }
 }
@@ -208,20 +182,9 @@ impl Backend for RedisBackend {
     ) -> Result<JoinOutcome, BackendError> {
         let k = self.keys(topic);
         let mut call = scripts::JOIN.prepare_invoke();
-        call.key(&k.users)
-            .key(&k.refs)
-            .key(&k.inst)
-            .key(k.held(&self.instance))
-            .key(&k.seq)
-            .key(&k.epoch);
-        call.arg(&self.instance)
-            .arg(key)
-            .arg(data)
-            .arg(now_ms())
-            .arg(ttl.as_millis() as u64);
-        call.arg(backstop(ttl).as_millis() as u64)
-            .arg(epoch.unwrap_or(""))
-            .arg(&k.channel);
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq).key(&k.epoch);
+        call.arg(&self.instance).arg(key).arg(data).arg(now_ms()).arg(ttl.as_millis() as u64);
+        call.arg(backstop(ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
         let scripts::JoinReply(outcome) = self.invoke("join", call).await?;
         Ok(outcome)
     }
@@ -229,18 +192,10 @@ impl Backend for RedisBackend {
     async fn leave(&self, topic: &str, key: &str) -> Result<LeaveOutcome, BackendError> {
         let k = self.keys(topic);
         let mut call = scripts::LEAVE.prepare_invoke();
-        call.key(&k.users)
-            .key(&k.refs)
-            .key(&k.inst)
-            .key(k.held(&self.instance))
-            .key(&k.seq);
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq);
         // The backstop only needs to outlive the other holders' next tick.
         let keep = backstop(Duration::from_secs(60)).as_millis() as u64;
-        call.arg(&self.instance)
-            .arg(key)
-            .arg(now_ms())
-            .arg(keep)
-            .arg(&k.channel);
+        call.arg(&self.instance).arg(key).arg(now_ms()).arg(keep).arg(&k.channel);
         let scripts::LeaveReply(outcome) = self.invoke("leave", call).await?;
         Ok(outcome)
     }
@@ -248,11 +203,7 @@ impl Backend for RedisBackend {
     async fn snapshot(&self, topic: &str) -> Result<Snapshot, BackendError> {
         let k = self.keys(topic);
         let mut call = scripts::SNAPSHOT.prepare_invoke();
-        call.key(&k.users)
-            .key(&k.refs)
-            .key(&k.inst)
-            .key(&k.seq)
-            .key(&k.epoch);
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.seq).key(&k.epoch);
         call.arg(now_ms()).arg(&k.channel).arg(&k.held_prefix);
         let scripts::SnapshotReply(snapshot) = self.invoke("snapshot", call).await?;
         Ok(snapshot)
@@ -266,11 +217,7 @@ impl Backend for RedisBackend {
         self.invoke("count", call).await
     }
 
-    async fn tick(
-        &self,
-        topics: &[TickTopic],
-        ttl: Duration,
-    ) -> Result<Vec<TickOutcome>, BackendError> {
+    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickOutcome>, BackendError> {
         let mut outcomes = Vec::with_capacity(topics.len());
         let now = now_ms();
         // Bounded batches keep each round trip well inside the timeout.
@@ -279,27 +226,15 @@ impl Backend for RedisBackend {
             for item in batch {
                 let k = self.keys(&item.topic);
                 let mut call = scripts::TICK.prepare_invoke();
-                call.key(&k.users)
-                    .key(&k.refs)
-                    .key(&k.inst)
-                    .key(k.held(&self.instance));
+                call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance));
                 call.key(&k.seq).key(&k.epoch);
-                call.arg(&self.instance)
-                    .arg(now)
-                    .arg(ttl.as_millis() as u64);
-                call.arg(backstop(ttl).as_millis() as u64)
-                    .arg(item.epoch.as_deref().unwrap_or(""));
-                call.arg(&k.channel)
-                    .arg(if item.holds { "1" } else { "0" })
-                    .arg(&k.held_prefix);
+                call.arg(&self.instance).arg(now).arg(ttl.as_millis() as u64);
+                call.arg(backstop(ttl).as_millis() as u64).arg(item.epoch.as_deref().unwrap_or(""));
+                call.arg(&k.channel).arg(if item.holds { "1" } else { "0" }).arg(&k.held_prefix);
                 pipe.invoke_script(&call);
             }
             let replies: Vec<scripts::TickReply> = self.pipeline("tick", &pipe).await?;
-            outcomes.extend(
-                replies
-                    .into_iter()
-                    .map(|scripts::TickReply(outcome)| outcome),
-            );
+            outcomes.extend(replies.into_iter().map(|scripts::TickReply(outcome)| outcome));
         }
         Ok(outcomes)
     }
@@ -312,19 +247,9 @@ impl Backend for RedisBackend {
         let pattern = format!("{}:{{*", self.prefix);
         loop {
             let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, found): (u64, Vec<String>) =
-                self.bounded("clear", scan.query_async(&mut conn)).await?;
-            topics.extend(
-                found
-                    .iter()
-                    .filter_map(|key| keys::topic_of_key(&self.prefix, key))
-                    .map(str::to_owned),
-            );
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let (next, found): (u64, Vec<String>) = self.bounded("clear", scan.query_async(&mut conn)).await?;
+            topics.extend(found.iter().filter_map(|key| keys::topic_of_key(&self.prefix, key)).map(str::to_owned));
             cursor = next;
             if cursor == 0 {
                 break;
@@ -338,16 +263,8 @@ impl Backend for RedisBackend {
             for topic in batch {
                 let k = self.keys(topic);
                 let mut call = scripts::CLEAR.prepare_invoke();
-                call.key(&k.users)
-                    .key(&k.refs)
-                    .key(&k.inst)
-                    .key(&k.seq)
-                    .key(&k.epoch);
-                call.arg(&self.instance)
-                    .arg(&epoch)
-                    .arg(keep)
-                    .arg(&k.channel)
-                    .arg(&k.held_prefix);
+                call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.seq).key(&k.epoch);
+                call.arg(&self.instance).arg(&epoch).arg(keep).arg(&k.channel).arg(&k.held_prefix);
                 pipe.invoke_script(&call);
             }
             let _: Vec<i64> = self.pipeline("clear", &pipe).await?;
@@ -364,18 +281,12 @@ impl Backend for RedisBackend {
         match tokio::time::timeout(self.timeout * 2, done).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(BackendError::Closed),
-            Err(_) => Err(BackendError::Timeout {
-                op: "subscribe",
-                after: self.timeout * 2,
-            }),
+            Err(_) => Err(BackendError::Timeout { op: "subscribe", after: self.timeout * 2 }),
         }
     }
 
     fn unwatch(&self, topic: &str) {
-        let _ = self
-            .subscriber
-            .commands
-            .send(Command::Unwatch(self.keys(topic).channel));
+        let _ = self.subscriber.commands.send(Command::Unwatch(self.keys(topic).channel));
     }
 
     fn events(&self) -> Option<mpsc::UnboundedReceiver<BackendEvent>> {

@@ -45,16 +45,10 @@ impl FromRedisValue for JoinReply {
         use super::JoinOutcome::*;
         let items = items(v, 2)?;
         Ok(JoinReply(match text(&items[0])?.as_str() {
-            "join" => Joined {
-                seq: int(&items[1])?,
-            },
-            "updated" => Updated {
-                seq: int(&items[1])?,
-            },
+            "join" => Joined { seq: int(&items[1])? },
+            "updated" => Updated { seq: int(&items[1])? },
             "same" => Unchanged,
-            "stale" => StaleEpoch {
-                epoch: text(&items[1])?,
-            },
+            "stale" => StaleEpoch { epoch: text(&items[1])? },
             other => return Err(format!("unknown join status {other:?}").into()),
         }))
     }
@@ -68,10 +62,7 @@ impl FromRedisValue for LeaveReply {
         use super::LeaveOutcome::*;
         let items = items(v, 2)?;
         Ok(LeaveReply(match text(&items[0])?.as_str() {
-            "left" if items.len() == 3 => Left {
-                seq: int(&items[1])?,
-                data: text(&items[2])?,
-            },
+            "left" if items.len() == 3 => Left { seq: int(&items[1])?, data: text(&items[2])? },
             "held" => StillHeld,
             "absent" => NotHeld,
             other => return Err(format!("unknown leave status {other:?}").into()),
@@ -89,9 +80,7 @@ impl FromRedisValue for TickReply {
         Ok(TickReply(match text(&items[0])?.as_str() {
             "alive" => Alive,
             "lost" => Lost,
-            "cleared" => Cleared {
-                epoch: text(&items[1])?,
-            },
+            "cleared" => Cleared { epoch: text(&items[1])? },
             other => return Err(format!("unknown tick status {other:?}").into()),
         }))
     }
@@ -110,10 +99,6 @@ impl FromRedisValue for SnapshotReply {
             .chunks_exact(2)
             .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
             .collect::<Result<_, ParsingError>>()?;
-        Ok(SnapshotReply(super::Snapshot {
-            seq,
-            epoch: (!epoch.is_empty()).then_some(epoch),
-            users,
-        }))
+        Ok(SnapshotReply(super::Snapshot { seq, epoch: (!epoch.is_empty()).then_some(epoch), users }))
     }
 }

@@ -52,10 +52,7 @@ impl Subscriber {
 }
 
 fn unavailable(reason: impl ToString) -> BackendError {
-    BackendError::Unavailable {
-        op: "subscribe",
-        reason: reason.to_string(),
-    }
+    BackendError::Unavailable { op: "subscribe", reason: reason.to_string() }
 }
 
 async fn run(
@@ -101,10 +98,7 @@ async fn run(
         let (mut sink, mut stream) = pubsub.split();
         let mut healthy = true;
         for channel in &watched {
-            if !matches!(
-                tokio::time::timeout(timeout, sink.subscribe(channel)).await,
-                Ok(Ok(()))
-            ) {
+            if !matches!(tokio::time::timeout(timeout, sink.subscribe(channel)).await, Ok(Ok(()))) {
                 healthy = false;
                 break;
             }
@@ -180,13 +174,7 @@ fn parse(topic: &str, payload: &[u8]) -> Result<BackendEvent, String> {
         "join" => ChangeKind::Join,
         "updated" => ChangeKind::Updated,
         "leave" => ChangeKind::Leave,
-        "clear" => {
-            return Ok(BackendEvent::Cleared {
-                topic: topic.to_owned(),
-                instance: wire.i,
-                epoch: wire.p,
-            })
-        }
+        "clear" => return Ok(BackendEvent::Cleared { topic: topic.to_owned(), instance: wire.i, epoch: wire.p }),
         other => return Err(format!("unknown event kind {other:?}")),
     };
     Ok(BackendEvent::Change(Change {
@@ -195,9 +183,7 @@ fn parse(topic: &str, payload: &[u8]) -> Result<BackendEvent, String> {
         seq: wire.s,
         kind,
         key: wire.k,
-        data: wire
-            .d
-            .map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned()),
+        data: wire.d.map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned()),
     }))
 }
 
@@ -207,18 +193,9 @@ mod tests {
 
     #[test]
     fn parses_what_the_scripts_publish() {
-        let event = parse(
-            "r",
-            br#"{"i":"00ff","s":7,"e":"leave","k":"a|b","d":{"n":"\u00fc"}}"#,
-        )
-        .unwrap();
-        let BackendEvent::Change(change) = event else {
-            panic!("{event:?}")
-        };
-        assert_eq!(
-            (change.seq, change.kind, change.key.as_str()),
-            (7, ChangeKind::Leave, "a|b")
-        );
+        let event = parse("r", br#"{"i":"00ff","s":7,"e":"leave","k":"a|b","d":{"n":"\u00fc"}}"#).unwrap();
+        let BackendEvent::Change(change) = event else { panic!("{event:?}") };
+        assert_eq!((change.seq, change.kind, change.key.as_str()), (7, ChangeKind::Leave, "a|b"));
         assert_eq!(change.data, r#"{"n":"\u00fc"}"#);
         assert!(parse("r", b"{not json").is_err());
         assert!(parse("r", br#"{"i":"x","s":1,"e":"boom"}"#).is_err());

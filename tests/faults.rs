@@ -1,0 +1,228 @@
+//! Unhappy paths against real redis-server processes: Redis killed, restarted
+//! empty or paused mid-run; an instance process killed with SIGKILL; Redis
+//! down during a join; a storm of concurrent joins and leaves.
+
+use presence::Error;
+use presence_tests::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Redis restarted empty: every live user is back within a heartbeat or two,
+/// announced again, and the engine keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_gets_every_live_user_back() {
+    let mut server = RedisServer::start();
+    let store = Store::redis(&server);
+    let a = Instance::start(&store, fast_options()).await;
+    let b = Instance::start(&store, fast_options()).await;
+    let mut watcher = b.connect(json!({"id": "watcher"}));
+    b.presence.join(watcher.id, "room").await.unwrap();
+    let users: Vec<_> = (0..20).map(|i| a.connect(json!({"id": format!("u{i}")}))).collect();
+    for user in &users {
+        a.presence.join(user.id, "room").await.unwrap();
+    }
+    assert_eq!(a.presence.count("room").await.unwrap(), 21);
+
+    server.restart();
+    eventually("all 21 users present again", || async { a.presence.count("room").await.ok() == Some(21) }).await;
+    // The watcher was told about the re-asserted users again, and gets new joins.
+    watcher.wait_for("join", |d| d["key"] == "u0").await;
+    let late = a.connect(json!({"id": "late"}));
+    eventually("joins work again", || async { a.presence.join(late.id, "room").await.is_ok() }).await;
+    watcher.wait_for("join", |d| d["key"] == "late").await;
+}
+
+/// Redis stopped with SIGSTOP: operations fail with a timeout instead of
+/// hanging; once it resumes, everything works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_times_out_instead_of_hanging() {
+    let server = RedisServer::start();
+    let a = Instance::start(&Store::redis(&server), fast_options()).await;
+    let alice = a.connect(json!({"id": "alice"}));
+    let bob = a.connect(json!({"id": "bob"}));
+    a.presence.join(alice.id, "room").await.unwrap();
+
+    server.pause();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(5), a.presence.join(bob.id, "room"))
+        .await
+        .expect("join returned instead of hanging")
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend(_)), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let err =
+        tokio::time::timeout(Duration::from_secs(5), a.presence.count("room")).await.expect("bounded").unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.resume();
+
+    eventually("joins work after resume", || async { a.presence.join(bob.id, "room").await.is_ok() }).await;
+    eventually("both present", || async { a.presence.count("room").await.ok() == Some(2) }).await;
+}
+
+/// A join while Redis is down fails with a clear error and leaves no trace:
+/// nothing local, nothing in Redis when it is back, nothing announced, and the
+/// heartbeat never resurrects it. Later joins on the same topic work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_join_leaves_no_trace_and_does_not_poison_the_topic() {
+    let mut server = RedisServer::start();
+    let store = Store::redis(&server);
+    let a = Instance::start(&store, fast_options()).await;
+    let b = Instance::start(&store, fast_options()).await;
+    let mut watcher = b.connect(json!({"id": "watcher"}));
+    b.presence.sync(watcher.id, "room").await.unwrap();
+    let alice = a.connect(json!({"id": "alice"}));
+
+    server.kill();
+    let err = a.presence.join(alice.id, "room").await.unwrap_err();
+    assert!(matches!(err, Error::Backend(_)), "{err}");
+    assert!(!a.hub.is_subscribed(alice.id, "__presence:room"));
+    server.restart();
+
+    // A few heartbeats later the failed join has not come back.
+    eventually("redis reachable", || async { a.presence.count("room").await.is_ok() }).await;
+    for _ in 0..3 {
+        a.presence.tick().await;
+    }
+    assert_eq!(a.presence.count("room").await.unwrap(), 0);
+    assert_eq!(watcher.count_for("join", "alice"), 0);
+
+    // The topic is not poisoned: the same connection joins fine now.
+    eventually("join succeeds", || async { a.presence.join(alice.id, "room").await.is_ok() }).await;
+    watcher.wait_for("join", |d| d["key"] == "alice").await;
+    assert_eq!(watcher.count_for("join", "alice"), 1);
+}
+
+/// An instance running as its own process is killed with SIGKILL: its users'
+/// `leave` reaches the other instance within ttl + one sweep, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_instance_process_users_leave_within_ttl() {
+    let server = RedisServer::start();
+    let a = Instance::start(&Store::redis(&server), fast_options()).await;
+    let mut watcher = a.connect(json!({"id": "watcher"}));
+    a.presence.join(watcher.id, "room").await.unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_presence-instance"))
+        .args([&server.url(), "room", "5", "100", "600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn presence-instance");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    for i in 0..5 {
+        watcher.wait_for("join", |d| d["key"] == format!("crashed-{i}")).await;
+    }
+
+    child.kill().unwrap(); // SIGKILL: no cleanup at all
+    child.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    for i in 0..5 {
+        watcher.wait_for("leave", |d| d["key"] == format!("crashed-{i}")).await;
+    }
+    // ttl (600 ms) + one heartbeat (100 ms), with slack for a loaded machine.
+    assert!(killed_at.elapsed() < Duration::from_secs(3), "leaves took {:?}", killed_at.elapsed());
+    a.presence.tick().await;
+    for i in 0..5 {
+        assert_eq!(watcher.count_for("leave", &format!("crashed-{i}")), 1);
+    }
+    assert_eq!(keys(&a, "room").await, ["watcher"]);
+}
+
+/// 1,000 users × 3 tabs × 2 instances join and leave concurrently: the final
+/// state is exact and every user got exactly one `join` and one `leave`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_of_tabs_on_two_instances_is_exact() {
+    let server = RedisServer::start();
+    // 6,000 joins in flight at once on a debug build: allow each its time.
+    let store = Store::redis(&server).with_timeout(Duration::from_secs(10));
+    let a = Instance::start(&store, fast_options()).await;
+    let b = Instance::start(&store, fast_options()).await;
+    let mut watcher = a.connect(json!({"id": "watcher"}));
+    a.presence.sync(watcher.id, "storm").await.unwrap();
+
+    const USERS: usize = 1000;
+    let tabs: Vec<_> = (0..USERS)
+        .flat_map(|u| (0..3).map(move |t| (u, t)))
+        .flat_map(|(u, t)| [(0, u, t), (1, u, t)])
+        .map(|(i, u, _)| {
+            let instance = if i == 0 { &a } else { &b };
+            (i, instance.connect(json!({"id": format!("user-{u}")})))
+        })
+        .collect();
+    let instance = |i: usize| if i == 0 { &a } else { &b };
+    let joins = tabs.iter().map(|(i, c)| instance(*i).presence.join(c.id, "storm"));
+    for result in futures::future::join_all(joins).await {
+        result.unwrap();
+    }
+    assert_eq!(a.presence.count("storm").await.unwrap(), USERS as u64);
+
+    let leaves = tabs.iter().map(|(i, c)| instance(*i).close(c));
+    futures::future::join_all(leaves).await;
+    assert_eq!(a.presence.count("storm").await.unwrap(), 0);
+    eventually("every leave seen", || {
+        let n = watcher.events("leave").len();
+        async move { n >= USERS }
+    })
+    .await;
+    a.presence.tick().await;
+    let joins = watcher.events("join");
+    let leaves = watcher.events("leave");
+    assert_eq!(joins.len(), USERS, "one join per user");
+    assert_eq!(leaves.len(), USERS, "one leave per user");
+    let mut joined: Vec<_> = joins.iter().map(|e| e["data"]["key"].as_str().unwrap().to_owned()).collect();
+    joined.sort();
+    joined.dedup();
+    assert_eq!(joined.len(), USERS);
+    let mut con = server.connection();
+    let left_over: Vec<String> = redis::cmd("KEYS").arg("presence:{storm}:*").query(&mut con).unwrap();
+    let mut left_over: Vec<_> =
+        left_over.into_iter().filter(|k| !k.ends_with(":seq") && !k.ends_with(":inst")).collect();
+    left_over.sort();
+    let hashes: Vec<(String, usize)> =
+        left_over.iter().map(|k| (k.clone(), redis::cmd("EXISTS").arg(k).query::<usize>(&mut con).unwrap())).collect();
+    assert!(hashes.is_empty(), "no users, refs or holds left: {hashes:?}");
+}
+
+/// The heartbeat costs one script call per topic, whatever the number of
+/// users held (property 1), and observers' channels are unsubscribed when the
+/// last observer goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
+    let server = RedisServer::start();
+    let options =
+        presence::Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..fast_options() };
+    let a = Instance::start(&Store::redis(&server), options).await;
+    let clients: Vec<_> = (0..300).map(|i| a.connect(json!({"id": format!("u{i}")}))).collect();
+    for (i, c) in clients.iter().enumerate() {
+        a.presence.join(c.id, if i < 299 { "big" } else { "small" }).await.unwrap();
+    }
+    let mut con = server.connection();
+    let calls = |con: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+        let line = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("calls=0,");
+        line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+    };
+    a.presence.tick().await;
+    let before = calls(&mut con);
+    a.presence.tick().await;
+    assert_eq!(calls(&mut con) - before, 2, "one tick call per topic, not per user");
+
+    let observer = a.connect(json!({"id": "o"}));
+    a.presence.sync(observer.id, "watched").await.unwrap();
+    let subscribers = |con: &mut redis::Connection| -> i64 {
+        let reply: (String, i64) =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg("presence:{watched}:events").query(con).unwrap();
+        reply.1
+    };
+    assert_eq!(subscribers(&mut con), 1);
+    a.close(&observer).await;
+    let mut con2 = server.connection();
+    eventually("channel released", || {
+        let n = subscribers(&mut con2);
+        async move { n == 0 }
+    })
+    .await;
+}
