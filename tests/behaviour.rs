@@ -1,11 +1,10 @@
 //! The seed's behaviours (the reference's "Behaviours its test suite covers"),
 //! each run on the in-memory backend and on a real redis-server.
 
-use presence::engine::presence_topic;
+use presence::engine::{presence_topic, select_fn};
 use presence::{Error, Options};
 use presence_tests::*;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Run one behaviour against both backends.
@@ -97,7 +96,7 @@ async fn internal_topics_are_ignored_and_topics_independent(store: Store) {
 async fn select_filters_and_key_comes_from_raw_data(store: Store) {
     let options = Options {
         key: "uid".into(),
-        select: Some(Arc::new(|raw: &Value| Ok(json!({"name": raw["name"]})))),
+        select: Some(select_fn(|raw: &Value| Ok(json!({"name": raw["name"]})))),
         ..fast_options()
     };
     let a = Instance::start(&store, options).await;
@@ -117,7 +116,7 @@ async fn select_filters_and_key_comes_from_raw_data(store: Store) {
     assert_eq!(list["data"][0]["data"], json!({"id": "c", "p": {"y": 2}}));
 
     // A failing select rejects the join with its message and leaves no trace.
-    let failing = Options { select: Some(Arc::new(|_: &Value| Err("no name".into()))), ..fast_options() };
+    let failing = Options { select: Some(select_fn(|_: &Value| Err("no name".into()))), ..fast_options() };
     let f = Instance::start(&store, failing).await;
     let d = f.connect(json!({"id": "d"}));
     let err = f.presence.join(d.id, "third").await.unwrap_err();

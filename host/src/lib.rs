@@ -12,12 +12,15 @@
 //! - [`backend`]: where the state lives — the [`Backend`] trait,
 //!   [`backend::redis`] (Lua scripts, pub/sub, reconnection) and
 //!   [`backend::memory`] (one process).
+//! - [`plugin`]: policy as sandboxed WebAssembly components — the WIT
+//!   contract's host side, deadlines and caps, hot reload.
 //! - [`hub`]: a ready [`Platform`] — connections with bounded send queues
 //!   and topic subscriptions — used by the server, embedders and tests.
 
 pub mod backend;
 pub mod engine;
 pub mod hub;
+pub mod plugin;
 
 pub use backend::Backend;
 pub use engine::{ConnId, Envelope, Error, Hooks, Member, Options, Platform, Presence};

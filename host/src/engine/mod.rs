@@ -19,7 +19,7 @@ mod topic;
 
 pub use envelope::{presence_topic, Envelope, PRESENCE_PREFIX};
 pub use error::Error;
-pub use options::{Options, SelectFn};
+pub use options::{select_fn, Options, SelectFn};
 pub use platform::{ConnId, Platform};
 
 use crate::backend::{Backend, BackendError, ChangeKind, JoinOutcome, LeaveOutcome};
@@ -174,6 +174,16 @@ impl Presence {
         }
     }
 
+    /// Send an envelope to every local subscriber of `topic`.
+    pub fn publish(&self, topic: &str, envelope: &Envelope) {
+        self.inner.platform.publish(topic, envelope);
+    }
+
+    /// Send an envelope to one local connection.
+    pub fn send(&self, conn: ConnId, envelope: &Envelope) {
+        self.inner.platform.send(conn, envelope);
+    }
+
     /// The ready-made hooks: `subscribe`, `unsubscribe`, `close`.
     pub fn hooks(&self) -> Hooks<'_> {
         Hooks { presence: self }
@@ -251,10 +261,10 @@ impl Inner {
     }
 
     /// `select` applied and checked: public data as JSON text.
-    fn public_data(&self, user_data: &Value) -> Result<String, Error> {
+    async fn public_data(&self, user_data: Value) -> Result<String, Error> {
         let public = match &self.options.select {
-            Some(select) => select(user_data),
-            None => select::default_select(user_data),
+            Some(select) => select(user_data).await,
+            None => select::default_select(&user_data),
         }
         .map_err(Error::Select)?;
         let json = serde_json::to_string(&public).map_err(|e| Error::Select(e.to_string()))?;
@@ -315,7 +325,7 @@ impl Inner {
         }
         let user_data = self.platform.user_data(conn).ok_or(Error::UnknownConnection(conn))?;
         let key = self.user_key(conn, &user_data);
-        let data = self.public_data(&user_data)?;
+        let data = self.public_data(user_data).await?;
         // A second pass only follows a join refused because the topic was cleared.
         for _ in 0..2 {
             let topic = self.ready_topic(name).await?;

@@ -2,12 +2,23 @@
 //! limits) and their validation.
 
 use super::Error;
+use futures::future::BoxFuture;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Raw user data → public data. An `Err` rejects the join with that message.
-pub type SelectFn = Arc<dyn Fn(&Value) -> Result<Value, String> + Send + Sync>;
+/// Asynchronous, so a `select` can run in a plugin; see [`select_fn`] for a
+/// plain function.
+pub type SelectFn = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync>;
+
+/// A [`SelectFn`] from a plain function.
+pub fn select_fn(f: impl Fn(&Value) -> Result<Value, String> + Send + Sync + 'static) -> SelectFn {
+    Arc::new(move |user_data| {
+        let result = f(&user_data);
+        Box::pin(std::future::ready(result))
+    })
+}
 
 #[derive(Clone)]
 pub struct Options {

@@ -118,6 +118,14 @@ impl RedisBackend {
         })
     }
 
+    /// The SHA1 of each script by operation name, for tools that call the
+    /// scripts directly (the benchmark's `redis-benchmark` baseline).
+    pub fn script_hashes() -> [(&'static str, &'static str); 6] {
+        let names = ["join", "leave", "tick", "snapshot", "count", "clear"];
+        let all = scripts::all();
+        std::array::from_fn(|i| (names[i], all[i].get_hash()))
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

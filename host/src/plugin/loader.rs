@@ -1,0 +1,149 @@
+//! Turning bytes into a checked, ready-to-instantiate plugin: recognise what
+//! the bytes are, compile (or load the precompiled artifact from the host's
+//! cache), check the component against the `plugin` world, and say in plain
+//! words what is wrong when it does not fit.
+
+use super::bindings::{PluginPre, CONTRACT_VERSION, GUEST_INTERFACE};
+use super::state::GuestState;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use wasmtime::component::{types::ComponentItem, Component, Linker};
+use wasmtime::Engine;
+
+/// Why a plugin cannot be loaded. Every message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read plugin {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("not a WebAssembly file (it does not start with `\\0asm`)")]
+    NotWasm,
+    #[error(
+        "this is a core WebAssembly module, not a component: build the guest with \
+         `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    #[error("invalid component: {0}")]
+    Compile(String),
+    #[error("the component does not export `{GUEST_INTERFACE}@{CONTRACT_VERSION}`{found}: is it built against wit/plugin.wit?")]
+    MissingExport { found: String },
+    #[error("the component is built for contract {found}, but this host serves {GUEST_INTERFACE}@{CONTRACT_VERSION}: rebuild it against this host's wit/")]
+    Version { found: String },
+    #[error("the component does not fit the `plugin` world: {0}")]
+    World(String),
+    #[error("the plugin failed its smoke call: {0}")]
+    Smoke(String),
+}
+
+/// A compiled, checked plugin version.
+pub struct Prepared {
+    pub pre: PluginPre<GuestState>,
+    /// sha256 of the component bytes.
+    pub digest: String,
+}
+
+/// Core module, component, or neither — from the 8-byte preamble.
+fn check_preamble(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Err(LoadError::CoreModule),
+        _ => Ok(()),
+    }
+}
+
+/// Compile, or reuse the artifact cached for these exact bytes and this
+/// exact engine. The cache holds native code: only a directory the host owns.
+fn compile(engine: &Engine, bytes: &[u8], digest: &str, cache: Option<&Path>) -> Result<Component, LoadError> {
+    let compat = {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+        std::hash::Hasher::finish(&hasher)
+    };
+    let cached = cache.map(|dir| dir.join(format!("{digest}-{compat:016x}.cwasm")));
+    if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+        // SAFETY: the file was written by `Component::serialize` below, into a
+        // directory only this host writes, under a name that pins both the
+        // source bytes and the engine's compatibility hash.
+        match unsafe { Component::deserialize_file(engine, path) } {
+            Ok(component) => return Ok(component),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "plugin cache entry unusable; recompiling"),
+        }
+    }
+    let component = Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    if let (Some(path), Ok(artifact)) = (cached, component.serialize()) {
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::create_dir_all(path.parent().expect("cache file has a parent"))
+            .and_then(|()| std::fs::write(&tmp, artifact))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write plugin cache entry");
+        }
+    }
+    Ok(component)
+}
+
+/// The guest export must be our interface, in a version this host serves.
+fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let names: Vec<String> = component.component_type().exports(engine).map(|(name, _)| name.to_owned()).collect();
+    let major_minor = CONTRACT_VERSION.rsplit_once('.').expect("x.y.z").0;
+    let ours = names.iter().find(|n| n.strip_prefix(GUEST_INTERFACE).and_then(|v| v.strip_prefix('@')).is_some());
+    match ours {
+        Some(name) => {
+            let version = &name[GUEST_INTERFACE.len() + 1..];
+            if version.starts_with(&format!("{major_minor}.")) {
+                Ok(())
+            } else {
+                Err(LoadError::Version { found: name.clone() })
+            }
+        }
+        None if names.iter().any(|n| n == GUEST_INTERFACE) => Err(LoadError::Version { found: GUEST_INTERFACE.into() }),
+        None => Err(LoadError::MissingExport {
+            found: if names.is_empty() { " (it exports nothing)".into() } else { format!(" (it exports {})", names.join(", ")) },
+        }),
+    }
+}
+
+/// Read, compile, and check a plugin against the world. Blocking: call it
+/// off the async workers.
+pub fn prepare(
+    engine: &Engine,
+    linker: &Linker<GuestState>,
+    bytes: &[u8],
+    cache: Option<&Path>,
+) -> Result<Prepared, LoadError> {
+    check_preamble(bytes)?;
+    let digest = format!("{:x}", Sha256::digest(bytes));
+    let component = compile(engine, bytes, &digest, cache)?;
+    check_exports(engine, &component)?;
+    let unknown_imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .filter(|(name, _)| !name.starts_with("wasi:") && !name.starts_with("presence:plugin/"))
+        .map(|(name, item)| match item.ty {
+            ComponentItem::ComponentInstance(_) => name.to_owned(),
+            _ => format!("{name} (not an interface)"),
+        })
+        .collect();
+    if !unknown_imports.is_empty() {
+        return Err(LoadError::World(format!(
+            "it imports {}, which this host does not provide",
+            unknown_imports.join(", ")
+        )));
+    }
+    let instance_pre = linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
+    let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+    Ok(Prepared { pre, digest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_tells_modules_components_and_garbage_apart() {
+        assert!(matches!(check_preamble(b"hello world"), Err(LoadError::NotWasm)));
+        assert!(matches!(check_preamble(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
+        assert!(check_preamble(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

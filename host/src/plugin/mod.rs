@@ -1,0 +1,283 @@
+//! The plugin platform: policy written as sandboxed WebAssembly components
+//! (the `plugin` world in `wit/`), hot-reloaded without a restart.
+//!
+//! - [`bindings`]: the one `bindgen!`; [`host`]: the imports the host
+//!   provides; [`state`]: a store's data (deny-by-default WASI, budgets).
+//! - [`limits`]: deadlines, memory cap, budgets, the epoch ticker.
+//! - [`loader`]: bytes → checked component (with a precompiled cache).
+//! - [`runtime`]: calls on pooled instances under deadlines.
+//! - [`reload`]: watch the file, swap versions atomically.
+//! - [`kv`]: the plugin key-value store; [`metrics`]: per-export counters.
+//!
+//! Failure policy: `authenticate`/`authorize` fail closed (deny), `select`
+//! fails the join with a clear error and no side effect, hooks report errors
+//! to the caller. A trap never takes the host down.
+
+pub mod bindings;
+mod host;
+pub mod kv;
+pub mod limits;
+pub mod loader;
+pub mod metrics;
+mod reload;
+pub mod runtime;
+pub mod state;
+
+pub use bindings::{Action, Connection, Denial, Pair, UpgradeRequest};
+pub use limits::Limits;
+pub use loader::LoadError;
+pub use runtime::CallError;
+
+use crate::engine::{ConnId, SelectFn};
+use crate::Presence;
+use arc_swap::ArcSwapOption;
+use runtime::{Call, Loaded, Reply};
+use serde_json::Value;
+use state::{GuestState, HostEnv, LogLimiter};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+/// Where the plugin is and how it runs.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// The component (`.wasm`).
+    pub path: PathBuf,
+    /// Host-owned directory for precompiled artifacts (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// Reload when the file changes.
+    pub watch: bool,
+    /// Plugin log lines per second, all instances together.
+    pub log_lines_per_second: u64,
+}
+
+impl PluginConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), cache_dir: None, limits: Limits::default(), watch: false, log_lines_per_second: 200 }
+    }
+}
+
+pub(crate) struct Shared {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    env: Arc<HostEnv>,
+    config: PluginConfig,
+    current: ArcSwapOption<Loaded>,
+    generations: AtomicU64,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    _ticker: limits::EpochTicker,
+}
+
+/// A loaded plugin and everything needed to call it and replace it.
+pub struct PluginHost {
+    shared: Arc<Shared>,
+    watcher: Mutex<Option<reload::FileWatcher>>,
+}
+
+fn engine() -> Result<Engine, LoadError> {
+    let mut config = Config::new();
+    config.epoch_interruption(true).wasm_component_model(true);
+    // Bounded guest stack: runaway recursion traps instead of exhausting the host.
+    config.max_wasm_stack(1 << 20);
+    Engine::new(&config).map_err(|e| LoadError::Compile(format!("cannot configure wasmtime: {e:#}")))
+}
+
+impl PluginHost {
+    /// Load the plugin (failing with a plain-words [`LoadError`]) and, if
+    /// configured, start watching its file.
+    pub async fn start(config: PluginConfig, kv: Arc<dyn kv::PluginKv>) -> Result<Self, LoadError> {
+        let engine = engine()?;
+        let mut linker = Linker::new(&engine);
+        let link = |e: wasmtime::Error| LoadError::World(format!("cannot link host imports: {e:#}"));
+        // WASI with an empty context: guests that import it instantiate, and get nothing.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(link)?;
+        let env = Arc::new(HostEnv {
+            presence: Default::default(),
+            kv,
+            limits: config.limits.clone(),
+            metrics: Default::default(),
+            log: LogLimiter::new(config.log_lines_per_second),
+        });
+        let shared = Arc::new(Shared {
+            _ticker: limits::EpochTicker::start(&engine),
+            engine,
+            linker,
+            env,
+            config,
+            current: ArcSwapOption::empty(),
+            generations: AtomicU64::new(0),
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        shared.reload().await?;
+        let host = Self { shared, watcher: Mutex::new(None) };
+        if host.shared.config.watch {
+            host.watch().map_err(|e| LoadError::Read { path: host.shared.config.path.clone(), reason: e.to_string() })?;
+        }
+        Ok(host)
+    }
+
+    fn watch(&self) -> notify::Result<()> {
+        let watcher = reload::watch(Arc::downgrade(&self.shared), &self.shared.config.path)?;
+        *self.watcher.lock().unwrap() = Some(watcher);
+        Ok(())
+    }
+
+    /// Give the plugin's presence imports an engine to act on.
+    pub fn attach(&self, presence: &Arc<Presence>) {
+        let _ = self.shared.env.presence.set(Arc::downgrade(presence));
+    }
+
+    /// Load the file again now. On error the current version keeps serving.
+    pub async fn reload(&self) -> Result<u64, LoadError> {
+        self.shared.reload().await
+    }
+
+    /// Which version serves new calls (1 = the first loaded).
+    pub fn generation(&self) -> u64 {
+        self.shared.current.load().as_ref().map_or(0, |loaded| loaded.generation)
+    }
+
+    /// sha256 of the component that serves new calls.
+    pub fn digest(&self) -> Option<String> {
+        self.shared.current.load().as_ref().map(|loaded| loaded.digest.clone())
+    }
+
+    pub fn metrics(&self) -> &metrics::PluginMetrics {
+        &self.shared.env.metrics
+    }
+
+    /// The cost of a fresh instance: instantiate the current version once.
+    pub async fn instantiate_once(&self) -> Result<std::time::Duration, CallError> {
+        self.shared.instantiate_once().await
+    }
+
+    /// The plugin's `select`, for [`crate::Options::select`].
+    pub fn select_fn(&self) -> SelectFn {
+        let shared = self.shared.clone();
+        Arc::new(move |user_data: Value| {
+            let shared = shared.clone();
+            Box::pin(async move { shared.select(user_data).await })
+        })
+    }
+
+    /// Upgrade request → user data, or a denial. Fails closed: a plugin that
+    /// traps, times out or returns something unusable denies with 503.
+    pub async fn authenticate(&self, request: UpgradeRequest) -> Result<Value, Denial> {
+        let unavailable = |reason: String| Denial { status: 503, reason };
+        match self.shared.call(Call::Authenticate(request)).await {
+            Ok(Reply::Authenticate(Ok(json))) => {
+                if json.len() > self.shared.config.limits.max_string_bytes {
+                    return Err(unavailable("authenticate returned oversized user data".into()));
+                }
+                serde_json::from_str(&json).map_err(|e| unavailable(format!("authenticate returned invalid JSON: {e}")))
+            }
+            Ok(Reply::Authenticate(Err(denial))) => Err(denial),
+            Ok(_) => Err(unavailable("unexpected reply".into())),
+            Err(e) => Err(unavailable(format!("authentication unavailable: {e}"))),
+        }
+    }
+
+    /// May the connection do this? Fails closed.
+    pub async fn authorize(&self, conn: ConnId, user_data: &Value, topic: &str, action: Action) -> Result<(), String> {
+        self.unit(Call::Authorize(connection(conn, user_data), topic.to_owned(), action)).await
+    }
+
+    pub async fn on_subscribe(&self, conn: ConnId, user_data: &Value, topic: &str) -> Result<(), String> {
+        self.unit(Call::OnSubscribe(connection(conn, user_data), topic.to_owned())).await
+    }
+
+    pub async fn on_unsubscribe(&self, conn: ConnId, user_data: &Value, topic: &str) -> Result<(), String> {
+        self.unit(Call::OnUnsubscribe(connection(conn, user_data), topic.to_owned())).await
+    }
+
+    pub async fn on_close(&self, conn: ConnId, user_data: &Value) -> Result<(), String> {
+        self.unit(Call::OnClose(connection(conn, user_data))).await
+    }
+
+    async fn unit(&self, call: Call) -> Result<(), String> {
+        match self.shared.call(call).await {
+            Ok(Reply::Unit(result)) => result,
+            Ok(_) => Err("unexpected reply".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn connection(id: ConnId, user_data: &Value) -> Connection {
+    Connection { id, user_data: user_data.to_string() }
+}
+
+impl Shared {
+    async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        let loaded = self.current.load_full().ok_or(CallError::NoPlugin)?;
+        loaded.call(&self.engine, &self.env, call).await
+    }
+
+    async fn select(&self, user_data: Value) -> Result<Value, String> {
+        match self.call(Call::Select(user_data.to_string())).await {
+            Ok(Reply::Select(Ok(json))) => {
+                if json.len() > self.config.limits.max_string_bytes {
+                    return Err(format!("plugin select returned {} bytes", json.len()));
+                }
+                serde_json::from_str(&json).map_err(|e| format!("plugin select returned invalid JSON: {e}"))
+            }
+            Ok(Reply::Select(Err(message))) => Err(message),
+            Ok(_) => Err("unexpected reply".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn instantiate_once(&self) -> Result<std::time::Duration, CallError> {
+        let loaded = self.current.load_full().ok_or(CallError::NoPlugin)?;
+        let started = std::time::Instant::now();
+        let fresh = Loaded::new(loaded.generation, loaded.digest.clone(), loaded.pre_clone());
+        fresh.call(&self.engine, &self.env, Call::Select("{}".into())).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Read, prepare (off the async workers), smoke-test, swap.
+    async fn reload(self: &Arc<Self>) -> Result<u64, LoadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.prepare_next().await;
+        match &result {
+            Ok(generation) => {
+                self.env.metrics.generation.store(*generation, Ordering::Relaxed);
+                self.env.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => runtime::rejected(&self.env.metrics),
+        }
+        result
+    }
+
+    async fn prepare_next(self: &Arc<Self>) -> Result<u64, LoadError> {
+        let path = self.config.path.clone();
+        let bytes = tokio::fs::read(&path).await.map_err(|e| LoadError::Read { path, reason: e.to_string() })?;
+        if let Some(current) = self.current.load().as_ref() {
+            use sha2::Digest;
+            if format!("{:x}", sha2::Sha256::digest(&bytes)) == current.digest {
+                return Ok(current.generation); // same bytes: nothing to do
+            }
+        }
+        let this = self.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            loader::prepare(&this.engine, &this.linker, &bytes, this.config.cache_dir.as_deref())
+        })
+        .await
+        .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
+        let generation = self.generations.load(Ordering::Relaxed) + 1;
+        let candidate = Arc::new(Loaded::new(generation, prepared.digest, prepared.pre));
+        // Smoke call: the new version must at least answer `select` in time.
+        candidate
+            .call(&self.engine, &self.env, Call::Select(r#"{"id":"smoke-test"}"#.into()))
+            .await
+            .map_err(|e| LoadError::Smoke(e.to_string()))?;
+        self.generations.store(generation, Ordering::Relaxed);
+        self.current.store(Some(candidate));
+        Ok(generation)
+    }
+}

@@ -1,0 +1,193 @@
+//! What each guest instance's store holds: a deny-by-default WASI context
+//! (no files, env, args, sockets or inherited stdio — stdout and stderr become
+//! rate-limited log lines), its memory cap, the shared host environment its
+//! imports use, and the budget of the call in progress.
+
+use super::kv::PluginKv;
+use super::limits::Limits;
+use super::metrics::PluginMetrics;
+use crate::Presence;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::AsyncWrite;
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What every instance of every plugin version shares.
+pub struct HostEnv {
+    pub presence: OnceLock<Weak<Presence>>,
+    pub kv: Arc<dyn PluginKv>,
+    pub limits: Limits,
+    pub metrics: Arc<PluginMetrics>,
+    pub log: LogLimiter,
+}
+
+impl HostEnv {
+    pub fn presence(&self) -> Result<Arc<Presence>, String> {
+        self.presence.get().and_then(Weak::upgrade).ok_or_else(|| "presence engine is not running".to_owned())
+    }
+}
+
+/// A process-wide budget of plugin log lines per second (a token bucket),
+/// shared by `log.log` and guest stdout/stderr.
+pub struct LogLimiter {
+    per_second: u64,
+    window: std::sync::Mutex<(Instant, u64)>,
+    dropped: AtomicU64,
+}
+
+impl LogLimiter {
+    pub fn new(per_second: u64) -> Self {
+        Self { per_second, window: std::sync::Mutex::new((Instant::now(), 0)), dropped: AtomicU64::new(0) }
+    }
+
+    /// True if one more line may be logged now.
+    pub fn admit(&self) -> bool {
+        let mut window = self.window.lock().unwrap();
+        if window.0.elapsed().as_secs() >= 1 {
+            *window = (Instant::now(), 0);
+        }
+        if window.1 < self.per_second {
+            window.1 += 1;
+            true
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The store data of one guest instance.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub store_limits: StoreLimits,
+    pub env: Arc<HostEnv>,
+    pub host_calls_left: u32,
+    pub log_lines_left: u32,
+}
+
+impl GuestState {
+    pub fn new(env: Arc<HostEnv>) -> Self {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestOutput { env: Arc::downgrade(&env), stream: "stdout" });
+        wasi.stderr(GuestOutput { env: Arc::downgrade(&env), stream: "stderr" });
+        Self {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            store_limits: env.limits.store_limits(),
+            host_calls_left: env.limits.host_calls_per_call,
+            log_lines_left: env.limits.log_lines_per_call,
+            env,
+        }
+    }
+
+    /// Start a new call's budget.
+    pub fn reset_budget(&mut self) {
+        self.host_calls_left = self.env.limits.host_calls_per_call;
+        self.log_lines_left = self.env.limits.log_lines_per_call;
+    }
+
+    /// Count one host call; a guest over its budget is stopped (trap).
+    pub fn charge(&mut self) -> wasmtime::Result<()> {
+        if self.host_calls_left == 0 {
+            wasmtime::bail!(
+                "plugin made more than {} host calls in one call; stopped",
+                self.env.limits.host_calls_per_call
+            );
+        }
+        self.host_calls_left -= 1;
+        Ok(())
+    }
+
+    /// A string the guest handed over, checked against the size limit.
+    pub fn check_len(&self, what: &str, text: &str) -> Result<(), String> {
+        let limit = self.env.limits.max_string_bytes;
+        if text.len() > limit {
+            return Err(format!("{what} is {} bytes, over the limit of {limit}", text.len()));
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Guest stdout/stderr: each line becomes a log line (if the rate limit
+/// admits it); writes never fail, so a chatty guest cannot crash on them.
+#[derive(Clone)]
+struct GuestOutput {
+    env: Weak<HostEnv>,
+    stream: &'static str,
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineWriter { output: self.clone(), line: Vec::new() })
+    }
+}
+
+struct LineWriter {
+    output: GuestOutput,
+    line: Vec<u8>,
+}
+
+const MAX_LINE: usize = 4096;
+
+impl LineWriter {
+    fn emit(&mut self) {
+        let line = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        if let Some(env) = self.output.env.upgrade() {
+            if env.log.admit() {
+                tracing::info!(target: "plugin", stream = self.output.stream, "{line}");
+            } else {
+                env.metrics.dropped_log_lines.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        for &byte in buf {
+            if byte == b'\n' || self.line.len() >= MAX_LINE {
+                self.emit();
+                if byte == b'\n' {
+                    continue;
+                }
+            }
+            self.line.push(byte);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+        Poll::Ready(Ok(()))
+    }
+}

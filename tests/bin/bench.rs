@@ -1,0 +1,174 @@
+//! Engine benchmark: starts its own redis-server and prints a Markdown table.
+//!
+//! Run with: `cargo run --release -p presence-tests --bin bench`
+//! (options: `--users N` `--concurrency N`; see `--help`).
+//!
+//! - joins/s and leaves/s through the engine, many connections in flight;
+//! - the same Redis running `redis-benchmark` on the join script (EVALSHA)
+//!   in the same run, and our ratio to it;
+//! - round trips and Redis commands per join and per leave (`INFO commandstats`);
+//! - one heartbeat tick for 10,000 users across 1,000 topics.
+
+use futures::StreamExt;
+use presence::backend::redis::{RedisBackend, RedisOptions};
+use presence::{Hub, Options, Presence};
+use presence_tests::RedisServer;
+use serde_json::json;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    users: usize,
+    concurrency: usize,
+    topics: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { users: 20_000, concurrency: 256, topics: 100 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().and_then(|v| v.parse().ok()).expect("flag needs a number");
+        match flag.as_str() {
+            "--users" => args.users = value(),
+            "--concurrency" => args.concurrency = value(),
+            "--topics" => args.topics = value(),
+            _ => {
+                eprintln!("usage: bench [--users N] [--concurrency N] [--topics N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    args
+}
+
+fn command_stats(con: &mut redis::Connection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    let mut evalsha = 0;
+    let mut total = 0;
+    for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+        let calls: u64 = line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+        if line.starts_with("cmdstat_info:") || line.starts_with("cmdstat_config") {
+            continue;
+        }
+        if line.starts_with("cmdstat_evalsha:") {
+            evalsha = calls;
+        }
+        total += calls;
+    }
+    (evalsha, total)
+}
+
+fn reset_stats(con: &mut redis::Connection) {
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(con).unwrap();
+}
+
+async fn engine(url: &str, options: Options) -> (Presence, Arc<Hub>) {
+    let mut redis_options = RedisOptions::new(url);
+    redis_options.timeout = Duration::from_secs(10);
+    let backend = RedisBackend::connect(redis_options).await.expect("connect");
+    let hub = Hub::new();
+    (Presence::new(Arc::new(backend), hub.clone(), options).unwrap(), hub)
+}
+
+/// `redis-benchmark` calling the join script directly: the ceiling for one
+/// round trip per join on this Redis.
+fn redis_benchmark_join(port: u16, requests: usize) -> f64 {
+    let sha = RedisBackend::script_hashes()[0].1;
+    let topic = "rb";
+    let keys = presence::backend::redis::TopicKeys::new("bench", topic);
+    let now = presence::backend::now_ms().to_string();
+    let output = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-n", &requests.to_string(), "-c", "64", "-r", "100000000", "-q"])
+        .args(["EVALSHA", sha, "6", &keys.users, &keys.refs, &keys.inst, &keys.held("0123456789abcdef")])
+        .args([&keys.seq, &keys.epoch, "0123456789abcdef", "user:__rand_int__", r#"{"id":"x"}"#, &now])
+        .args(["900000", "9000000", "", &keys.channel])
+        .output()
+        .expect("redis-benchmark is installed with redis-server");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rate = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(3)
+        .filter(|w| w[1] == "requests" && w[2] == "per")
+        .filter_map(|w| w[0].parse::<f64>().ok())
+        .next_back();
+    rate.unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"))
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    let server = RedisServer::start();
+    let mut con = server.connection();
+    let options = Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() };
+    let (presence, hub) = engine(&server.url(), options.clone()).await;
+    let conns: Vec<_> = (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 64)).collect();
+    let ids: Vec<_> = conns.iter().map(|(id, _)| *id).collect();
+    let topic_of = |i: usize| format!("topic-{}", i % args.topics);
+    // Watch every topic first, so the measured joins are steady-state joins.
+    for t in 0..args.topics {
+        presence.count(&topic_of(t)).await.unwrap();
+    }
+
+    reset_stats(&mut con);
+    let started = Instant::now();
+    futures::stream::iter(ids.iter().enumerate())
+        .for_each_concurrent(args.concurrency, |(i, id)| {
+            let presence = &presence;
+            let topic = topic_of(i);
+            async move { presence.join(*id, &topic).await.expect("join") }
+        })
+        .await;
+    let join_time = started.elapsed();
+    let (join_evalsha, join_commands) = command_stats(&mut con);
+    let joins_per_s = args.users as f64 / join_time.as_secs_f64();
+
+    reset_stats(&mut con);
+    let started = Instant::now();
+    futures::stream::iter(ids.iter().enumerate())
+        .for_each_concurrent(args.concurrency, |(i, id)| {
+            let presence = &presence;
+            let topic = topic_of(i);
+            async move { presence.leave(*id, Some(&topic)).await.expect("leave") }
+        })
+        .await;
+    let leave_time = started.elapsed();
+    let (leave_evalsha, leave_commands) = command_stats(&mut con);
+    let leaves_per_s = args.users as f64 / leave_time.as_secs_f64();
+    drop(conns);
+
+    let baseline = redis_benchmark_join(server.port(), 200_000);
+
+    // Heartbeat: 10,000 users across 1,000 topics on one instance.
+    let (ticker, tick_hub) = engine(&server.url(), options).await;
+    let tick_conns: Vec<_> = (0..10_000).map(|i| tick_hub.connect(json!({"id": format!("t{i}")}), 64)).collect();
+    futures::stream::iter(tick_conns.iter().enumerate())
+        .for_each_concurrent(args.concurrency, |(i, (id, _))| {
+            let ticker = &ticker;
+            async move { ticker.join(*id, &format!("hb-{}", i % 1000)).await.expect("join") }
+        })
+        .await;
+    ticker.tick().await; // warm
+    let mut ticks = Vec::new();
+    reset_stats(&mut con);
+    for _ in 0..5 {
+        let started = Instant::now();
+        ticker.tick().await;
+        ticks.push(started.elapsed());
+    }
+    let (tick_evalsha, _) = command_stats(&mut con);
+    ticks.sort();
+
+    let per = |n: u64| n as f64 / args.users as f64;
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| joins/s ({} users, {} topics, {} in flight) | {:.0} |", args.users, args.topics, args.concurrency, joins_per_s);
+    println!("| leaves/s | {:.0} |", leaves_per_s);
+    println!("| redis-benchmark EVALSHA join.lua, 64 clients (ops/s) | {:.0} |", baseline);
+    println!("| joins/s ÷ redis-benchmark EVALSHA | {:.2} |", joins_per_s / baseline);
+    println!("| round trips per join / per leave | {:.2} / {:.2} |", per(join_evalsha), per(leave_evalsha));
+    println!("| Redis commands per join / per leave (incl. inside scripts) | {:.1} / {:.1} |", per(join_commands), per(leave_commands));
+    println!("| heartbeat tick, 10,000 users in 1,000 topics (median of 5) | {:.1} ms |", ticks[2].as_secs_f64() * 1e3);
+    println!("| script calls per tick | {} |", tick_evalsha / 5);
+}
