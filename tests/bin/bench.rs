@@ -101,9 +101,11 @@ async fn main() {
     let args = parse_args();
     let server = RedisServer::start();
     let mut con = server.connection();
-    let options = Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() };
+    let options =
+        Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() };
     let (presence, hub) = engine(&server.url(), options.clone()).await;
-    let conns: Vec<_> = (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 64)).collect();
+    let conns: Vec<_> =
+        (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 64)).collect();
     let ids: Vec<_> = conns.iter().map(|(id, _)| *id).collect();
     let topic_of = |i: usize| format!("topic-{}", i % args.topics);
     // Watch every topic first, so the measured joins are steady-state joins.
@@ -163,12 +165,19 @@ async fn main() {
     let per = |n: u64| n as f64 / args.users as f64;
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| joins/s ({} users, {} topics, {} in flight) | {:.0} |", args.users, args.topics, args.concurrency, joins_per_s);
+    println!(
+        "| joins/s ({} users, {} topics, {} in flight) | {:.0} |",
+        args.users, args.topics, args.concurrency, joins_per_s
+    );
     println!("| leaves/s | {:.0} |", leaves_per_s);
     println!("| redis-benchmark EVALSHA join.lua, 64 clients (ops/s) | {:.0} |", baseline);
     println!("| joins/s ÷ redis-benchmark EVALSHA | {:.2} |", joins_per_s / baseline);
     println!("| round trips per join / per leave | {:.2} / {:.2} |", per(join_evalsha), per(leave_evalsha));
-    println!("| Redis commands per join / per leave (incl. inside scripts) | {:.1} / {:.1} |", per(join_commands), per(leave_commands));
+    println!(
+        "| Redis commands per join / per leave (incl. inside scripts) | {:.1} / {:.1} |",
+        per(join_commands),
+        per(leave_commands)
+    );
     println!("| heartbeat tick, 10,000 users in 1,000 topics (median of 5) | {:.1} ms |", ticks[2].as_secs_f64() * 1e3);
     println!("| script calls per tick | {} |", tick_evalsha / 5);
 }

@@ -2,6 +2,7 @@
 //! engine instances on either backend, and recording clients that wait for
 //! envelopes with deadlines instead of sleeping.
 
+pub mod guests;
 pub mod redis_server;
 
 use presence::backend::memory::MemoryStore;

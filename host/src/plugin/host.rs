@@ -4,7 +4,7 @@
 
 use super::bindings::presence::plugin::{clock, kv, log, presence, types};
 use super::state::GuestState;
-use crate::engine::{Envelope, ConnId};
+use crate::engine::{ConnId, Envelope};
 use serde_json::value::RawValue;
 use std::time::Duration;
 

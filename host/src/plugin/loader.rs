@@ -99,7 +99,11 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError
         }
         None if names.iter().any(|n| n == GUEST_INTERFACE) => Err(LoadError::Version { found: GUEST_INTERFACE.into() }),
         None => Err(LoadError::MissingExport {
-            found: if names.is_empty() { " (it exports nothing)".into() } else { format!(" (it exports {})", names.join(", ")) },
+            found: if names.is_empty() {
+                " (it exports nothing)".into()
+            } else {
+                format!(" (it exports {})", names.join(", "))
+            },
         }),
     }
 }

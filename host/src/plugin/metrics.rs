@@ -20,8 +20,14 @@ pub enum Export {
 }
 
 impl Export {
-    pub const ALL: [Export; 6] =
-        [Export::Authenticate, Export::Authorize, Export::Select, Export::OnSubscribe, Export::OnUnsubscribe, Export::OnClose];
+    pub const ALL: [Export; 6] = [
+        Export::Authenticate,
+        Export::Authorize,
+        Export::Select,
+        Export::OnSubscribe,
+        Export::OnUnsubscribe,
+        Export::OnClose,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -81,7 +87,11 @@ impl PluginMetrics {
         let _ = writeln!(out, "presence_plugin_generation {}", self.generation.load(Relaxed));
         let _ = writeln!(out, "# TYPE presence_plugin_reloads_total counter");
         let _ = writeln!(out, "presence_plugin_reloads_total{{result=\"ok\"}} {}", self.reloads.load(Relaxed));
-        let _ = writeln!(out, "presence_plugin_reloads_total{{result=\"rejected\"}} {}", self.rejected_reloads.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "presence_plugin_reloads_total{{result=\"rejected\"}} {}",
+            self.rejected_reloads.load(Relaxed)
+        );
         let _ = writeln!(out, "# TYPE presence_plugin_dropped_log_lines_total counter");
         let _ = writeln!(out, "presence_plugin_dropped_log_lines_total {}", self.dropped_log_lines.load(Relaxed));
         for (name, pick) in [
@@ -112,7 +122,11 @@ impl PluginMetrics {
             cumulative += m.buckets[BUCKETS_US.len()].load(Relaxed);
             let name = export.name();
             let _ = writeln!(out, "presence_plugin_call_seconds_bucket{{export=\"{name}\",le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(out, "presence_plugin_call_seconds_sum{{export=\"{name}\"}} {}", m.sum_us.load(Relaxed) as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "presence_plugin_call_seconds_sum{{export=\"{name}\"}} {}",
+                m.sum_us.load(Relaxed) as f64 / 1e6
+            );
             let _ = writeln!(out, "presence_plugin_call_seconds_count{{export=\"{name}\"}} {cumulative}");
         }
     }

@@ -116,7 +116,8 @@ impl PluginHost {
         shared.reload().await?;
         let host = Self { shared, watcher: Mutex::new(None) };
         if host.shared.config.watch {
-            host.watch().map_err(|e| LoadError::Read { path: host.shared.config.path.clone(), reason: e.to_string() })?;
+            host.watch()
+                .map_err(|e| LoadError::Read { path: host.shared.config.path.clone(), reason: e.to_string() })?;
         }
         Ok(host)
     }

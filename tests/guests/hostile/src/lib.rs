@@ -1,0 +1,65 @@
+//! A hostile plugin for sandbox tests. Its `select` misbehaves as the user
+//! data's `attack` field says; without one it answers like a normal plugin.
+
+use presence_guest::{kv, log, Json, Plugin};
+use serde_json::{json, Value};
+
+struct Hostile;
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(depth % 256) as usize] = depth as u8;
+    recurse(depth + 1, pad) + pad[0] as u64
+}
+
+impl Plugin for Hostile {
+    fn select(user_data: Json) -> Result<Json, String> {
+        let user: Value = serde_json::from_str(&user_data).map_err(|e| e.to_string())?;
+        match user["attack"].as_str().unwrap_or("") {
+            "loop" => loop {
+                std::hint::black_box(0);
+            },
+            "memory" => {
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(Vec::<u8>::with_capacity(16 << 20));
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recursion" => Ok(recurse(0, &mut [0; 256]).to_string()),
+            "panic" => panic!("hostile guest panics on purpose"),
+            "log-spam" => {
+                // Many lines per write, and a few more writes.
+                let burst: String = (0..1_000).map(|i| format!("spam line {i}\n")).collect();
+                for _ in 0..3 {
+                    print!("{burst}");
+                }
+                Ok(json!({"spammed": true}).to_string())
+            }
+            "host-spam" => {
+                for i in 0..1_000_000 {
+                    log::log(log::Level::Info, &format!("host call {i}"));
+                    let _ = kv::get("k");
+                }
+                Ok("{}".into())
+            }
+            "huge" => Ok(format!("\"{}\"", "x".repeat(2 << 20))),
+            "not-json" => Ok("this is not json".into()),
+            "passwd" => Ok(match std::fs::read_to_string("/etc/passwd") {
+                Ok(contents) => json!({ "read": contents }),
+                Err(e) => json!({ "error": e.to_string() }),
+            }
+            .to_string()),
+            "socket" => Ok(match std::net::TcpStream::connect("127.0.0.1:6379") {
+                Ok(_) => json!({ "connected": true }),
+                Err(e) => json!({ "error": e.to_string() }),
+            }
+            .to_string()),
+            "env" => Ok(json!({ "vars": std::env::vars().count() }).to_string()),
+            _ => Ok(json!({ "id": user["id"], "hostile": true }).to_string()),
+        }
+    }
+}
+
+presence_guest::export_plugin!(Hostile);

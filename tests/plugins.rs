@@ -1,0 +1,238 @@
+//! The plugin runtime with real components built from `examples/` and
+//! `tests/guests/` during the run: defaults, hostile guests, loader errors,
+//! hot reload under load, and the precompiled cache.
+
+use presence::plugin::kv::MemoryKv;
+use presence::plugin::{Action, LoadError, PluginConfig, PluginHost, UpgradeRequest};
+use presence::{Hub, Options, Presence};
+use presence_tests::guests::{build_guest, deploy, Scratch};
+use presence_tests::*;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn host(path: &std::path::Path) -> PluginHost {
+    PluginHost::start(PluginConfig::new(path), Arc::new(MemoryKv::default())).await.expect("plugin loads")
+}
+
+/// An engine whose `select` is the plugin's, attached to the plugin.
+async fn engine_with(plugin: &PluginHost) -> (Arc<Presence>, Arc<Hub>) {
+    let hub = Hub::new();
+    let options = Options { select: Some(plugin.select_fn()), ..fast_options() };
+    let presence = Arc::new(Presence::new(Store::memory().backend().await, hub.clone(), options).unwrap());
+    plugin.attach(&presence);
+    (presence, hub)
+}
+
+fn request(query: &str) -> UpgradeRequest {
+    UpgradeRequest {
+        path: "/ws".into(),
+        query: query.into(),
+        headers: vec![],
+        cookies: vec![],
+        remote_address: "127.0.0.1:1".into(),
+    }
+}
+
+/// The example `select` guest decides the public fields of joining users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_guest_chooses_public_fields() {
+    let plugin = host(&build_guest("examples/select-guest")).await;
+    let (presence, hub) = engine_with(&plugin).await;
+    let (conn, mut rx) = hub.connect(json!({"id": "ada", "name": "Ada", "color": "teal", "email": "a@x"}), 16);
+    presence.join(conn, "room").await.unwrap();
+    let list: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    assert_eq!(list["data"], json!([{"key": "ada", "data": {"id": "ada", "name": "Ada", "color": "teal"}}]));
+}
+
+/// A guest that overrides nothing behaves like the built-in defaults:
+/// query-string auth, the default select, and hooks routed like the seed's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_reproduce_the_builtin_behaviour() {
+    let plugin = host(&build_guest("tests/guests/defaults")).await;
+    let user = plugin.authenticate(request("id=ada&name=Ada%20L&token=s")).await.unwrap();
+    assert_eq!(user, json!({"id": "ada", "name": "Ada L", "token": "s"}));
+    let (presence, hub) = engine_with(&plugin).await;
+    let (ada, mut rx) = hub.connect(user.clone(), 64);
+    plugin.authorize(ada, &user, "room", Action::Subscribe).await.unwrap();
+    // on-subscribe: a regular topic joins, with the default select applied.
+    plugin.on_subscribe(ada, &user, "room").await.unwrap();
+    let list: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    assert_eq!(list["data"], json!([{"key": "ada", "data": {"id": "ada", "name": "Ada L"}}]));
+    // `__presence:x` syncs without joining; other `__` topics do nothing.
+    plugin.on_subscribe(ada, &user, "__presence:lobby").await.unwrap();
+    plugin.on_subscribe(ada, &user, "__internal").await.unwrap();
+    assert_eq!(presence.count("lobby").await.unwrap(), 0);
+    assert!(hub.is_subscribed(ada, "__presence:lobby"));
+    plugin.on_unsubscribe(ada, &user, "__presence:lobby").await.unwrap();
+    assert!(!hub.is_subscribed(ada, "__presence:lobby"));
+    // on-unsubscribe leaves the topic; on-close leaves everything.
+    plugin.on_subscribe(ada, &user, "hall").await.unwrap();
+    plugin.on_unsubscribe(ada, &user, "room").await.unwrap();
+    assert_eq!(presence.count("room").await.unwrap(), 0);
+    plugin.on_close(ada, &user).await.unwrap();
+    assert_eq!(presence.count("hall").await.unwrap(), 0);
+}
+
+/// Every hostile behaviour is contained with a clear error, the host keeps
+/// serving other calls meanwhile, and sandboxed capabilities are denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_are_contained() {
+    let plugin = Arc::new(host(&build_guest("tests/guests/hostile")).await);
+    let select = plugin.select_fn();
+    let attack = |name: &str| select(json!({"id": "x", "attack": name}));
+
+    // Normal calls keep succeeding while attacks run.
+    let healthy = {
+        let select = plugin.select_fn();
+        tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..200 {
+                ok += select(json!({"id": "fine"})).await.is_ok() as u32;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            ok
+        })
+    };
+
+    let err = attack("loop").await.unwrap_err();
+    assert!(err.contains("deadline"), "{err}");
+    let err = attack("memory").await.unwrap_err();
+    assert!(err.contains("memory"), "{err}");
+    let err = attack("recursion").await.unwrap_err();
+    assert!(err.contains("trapped"), "{err}");
+    let err = attack("panic").await.unwrap_err();
+    assert!(err.contains("trapped"), "{err}");
+    let err = attack("host-spam").await.unwrap_err();
+    assert!(err.contains("host calls"), "{err}");
+    let err = attack("huge").await.unwrap_err();
+    assert!(err.contains("bytes"), "{err}");
+    let err = attack("not-json").await.unwrap_err();
+    assert!(err.contains("invalid JSON"), "{err}");
+    // Chatty stdout completes; lines past the rate limit are dropped, not fatal.
+    assert_eq!(attack("log-spam").await.unwrap(), json!({"spammed": true}));
+    assert!(plugin.metrics().dropped_log_lines.load(Ordering::Relaxed) > 0);
+    // No ambient capabilities: no files, no sockets, no environment.
+    let read = attack("passwd").await.unwrap();
+    assert!(read.get("read").is_none() && read["error"].is_string(), "{read}");
+    let socket = attack("socket").await.unwrap();
+    assert!(socket.get("connected").is_none() && socket["error"].is_string(), "{socket}");
+    assert_eq!(attack("env").await.unwrap(), json!({"vars": 0}));
+
+    assert_eq!(healthy.await.unwrap(), 200, "other calls kept being served");
+    assert_eq!(select(json!({"id": "after"})).await.unwrap(), json!({"id": "after", "hostile": true}));
+    let m = plugin.metrics().export(presence::plugin::metrics::Export::Select);
+    assert!(m.timeouts.load(Ordering::Relaxed) >= 1 && m.traps.load(Ordering::Relaxed) >= 4);
+}
+
+/// A plugin that traps while authenticating or authorizing denies (fails closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_fail_closed() {
+    // The hostile guest's `select` attacks; a join through it fails cleanly.
+    let plugin = host(&build_guest("tests/guests/hostile")).await;
+    let (presence, hub) = engine_with(&plugin).await;
+    let (conn, _rx) = hub.connect(json!({"id": "x", "attack": "panic"}), 16);
+    let err = presence.join(conn, "room").await.unwrap_err();
+    assert!(err.to_string().contains("select rejected"), "{err}");
+    assert_eq!(presence.count("room").await.unwrap(), 0);
+    assert!(!hub.is_subscribed(conn, "__presence:room"));
+}
+
+/// Components that do not fit are refused with a message that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misfit_components_are_refused_in_plain_words() {
+    let scratch = Scratch::new("misfits");
+    let load = |path: std::path::PathBuf| async move {
+        PluginHost::start(PluginConfig::new(path), Arc::new(MemoryKv::default())).await.err().expect("refused")
+    };
+    std::fs::write(scratch.path("garbage.wasm"), b"definitely not wasm").unwrap();
+    assert!(matches!(load(scratch.path("garbage.wasm")).await, LoadError::NotWasm));
+    std::fs::write(scratch.path("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let err = load(scratch.path("core.wasm")).await;
+    assert!(matches!(err, LoadError::CoreModule) && err.to_string().contains("wasm32-wasip2"), "{err}");
+    let err = load(build_guest("tests/guests/other-world")).await;
+    assert!(matches!(err, LoadError::MissingExport { .. }), "{err}");
+    assert!(err.to_string().contains("presence:plugin/guest@0.1.0"), "{err}");
+    let err = load(build_guest("tests/guests/wrong-version")).await;
+    assert!(matches!(err, LoadError::Version { .. }), "{err}");
+    assert!(err.to_string().contains("0.2.0") && err.to_string().contains("0.1.0"), "{err}");
+    let err = load(scratch.path("missing.wasm")).await;
+    assert!(matches!(err, LoadError::Read { .. }), "{err}");
+}
+
+/// Hot reload while calls run: zero failed calls, the new version takes over,
+/// garbage and hostile versions are rejected and the old one keeps serving;
+/// a version seen before comes back from the precompiled cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_loses_nothing() {
+    let select_guest = build_guest("examples/select-guest");
+    let defaults_guest = build_guest("tests/guests/defaults");
+    let scratch = Scratch::new("reload");
+    let live = scratch.path("plugin.wasm");
+    deploy(&select_guest, &live);
+    let mut config = PluginConfig::new(&live);
+    config.watch = true;
+    config.cache_dir = Some(scratch.path("cache"));
+    let plugin = Arc::new(PluginHost::start(config, Arc::new(MemoryKv::default())).await.unwrap());
+    assert_eq!(plugin.generation(), 1);
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (select, failures, calls, stop) = (plugin.select_fn(), failures.clone(), calls.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if select(json!({"id": "u", "name": "N", "secret": "s"})).await.is_err() {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+
+    // A new version by rename: picked up by the watcher.
+    deploy(&defaults_guest, &live);
+    eventually("generation 2 serves", || async { plugin.generation() == 2 }).await;
+    let select = plugin.select_fn();
+    assert_eq!(select(json!({"id": "u", "secret": "s"})).await.unwrap(), json!({"id": "u"}));
+
+    // Garbage, a core module and a misfit are rejected; generation 2 keeps serving.
+    for bad in [
+        b"garbage".to_vec(),
+        b"\0asm\x01\0\0\0".to_vec(),
+        std::fs::read(build_guest("tests/guests/other-world")).unwrap(),
+    ] {
+        let rejected_before = plugin.metrics().rejected_reloads.load(Ordering::Relaxed);
+        std::fs::write(scratch.path("next.tmp"), &bad).unwrap();
+        std::fs::rename(scratch.path("next.tmp"), &live).unwrap();
+        eventually("rejection noticed", || async {
+            plugin.metrics().rejected_reloads.load(Ordering::Relaxed) > rejected_before
+        })
+        .await;
+        assert_eq!(plugin.generation(), 2);
+    }
+
+    // Back to the first version: it was compiled before, the cache serves it.
+    deploy(&select_guest, &live);
+    eventually("generation 3 serves", || async { plugin.generation() == 3 }).await;
+    let cached = std::fs::read_dir(scratch.path("cache")).unwrap().count();
+    assert!(cached >= 2, "both versions cached, found {cached}");
+    assert_eq!(
+        select(json!({"id": "u", "name": "N", "color": "c", "x": 1})).await.unwrap(),
+        json!({"id": "u", "name": "N", "color": "c"})
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(calls.load(Ordering::Relaxed) > 100, "calls ran during the reloads");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no call failed across reloads");
+    // The explicit reload call works too (same bytes: same generation).
+    assert_eq!(plugin.reload().await.unwrap(), 3);
+}

@@ -1,0 +1,77 @@
+//! Building wasm guests from source during the test run: `cargo build
+//! --target wasm32-wasip2 --release` on a guest crate, into one shared target
+//! directory so dependencies compile once. No binaries are checked in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Cargo serialises builds in one target dir anyway; this keeps the output tidy.
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// The workspace root (this file is `tests/support/guests.rs`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// Build the guest crate at `crate_dir` (relative to the workspace) and return
+/// the path of its component.
+pub fn build_guest(crate_dir: &str) -> PathBuf {
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let root = workspace();
+    let manifest = root.join(crate_dir).join("Cargo.toml");
+    let target_dir = root.join("target").join("guests");
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run cargo");
+    assert!(
+        output.status.success(),
+        "building guest {crate_dir} failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let package = std::fs::read_to_string(&manifest).unwrap();
+    let name = package
+        .lines()
+        .find_map(|l| l.strip_prefix("name = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("guest manifest names its package")
+        .replace('-', "_");
+    let wasm = target_dir.join("wasm32-wasip2").join("release").join(format!("{name}.wasm"));
+    assert!(wasm.exists(), "expected {}", wasm.display());
+    wasm
+}
+
+/// A scratch directory for a test, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("presence-{label}-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Replace `dest` with `src` atomically, the way deploys do (copy, rename).
+pub fn deploy(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
