@@ -236,3 +236,93 @@ async fn hot_reload_under_load_loses_nothing() {
     // The explicit reload call works too (same bytes: same generation).
     assert_eq!(plugin.reload().await.unwrap(), 3);
 }
+
+/// A token signed the way the token-gate example expects.
+fn token(payload: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let body = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"dev-secret-change-me").unwrap();
+    mac.update(body.as_bytes());
+    format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+/// The token-gate example: signed tokens in the query or a cookie; topics
+/// authorized by role; forged, expired and missing tokens denied with 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_gate_authenticates_and_authorizes_by_role() {
+    let plugin = host(&build_guest("examples/token-gate")).await;
+    let exp = presence::backend::now_ms() + 60_000;
+    let good = token(json!({"id": "ada", "name": "Ada", "roles": ["team:red"], "exp": exp}));
+    let user = plugin.authenticate(request(&format!("token={good}"))).await.unwrap();
+    assert_eq!(user, json!({"id": "ada", "name": "Ada", "roles": ["team:red"]}));
+    let mut by_cookie = request("");
+    by_cookie.cookies.push(presence::plugin::Pair { name: "presence_token".into(), value: good.clone() });
+    assert_eq!(plugin.authenticate(by_cookie).await.unwrap(), user);
+
+    // A payload granting admin, carrying the signature of another payload.
+    let admin_body = token(json!({"id": "ada", "roles": ["admin"], "exp": exp}));
+    let forged = format!("{}.{}", admin_body.split('.').next().unwrap(), good.split('.').nth(1).unwrap());
+    for (query, why) in [
+        (String::new(), "missing token"),
+        (format!("token={}", forged), "bad token signature"),
+        (format!("token={}", token(json!({"id": "ada", "exp": 1}))), "token expired"),
+        ("token=garbage".to_owned(), "malformed token"),
+    ] {
+        let denial = plugin.authenticate(request(&query)).await.unwrap_err();
+        assert_eq!((denial.status, denial.reason.as_str()), (401, why));
+    }
+
+    plugin.authorize(1, &user, "lobby", Action::Subscribe).await.unwrap();
+    plugin.authorize(1, &user, "team:red", Action::Observe).await.unwrap();
+    let refused = plugin.authorize(1, &user, "team:blue", Action::Subscribe).await.unwrap_err();
+    assert!(refused.contains("needs a role"), "{refused}");
+    let admin = json!({"id": "root", "roles": ["admin"]});
+    plugin.authorize(2, &admin, "team:blue", Action::Subscribe).await.unwrap();
+}
+
+/// The hook-wrapping example: presence only in `room-*` topics, and joins
+/// rate-limited per user across two instances sharing one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
+    use presence::backend::redis::{RedisBackend, RedisOptions};
+    use presence::plugin::kv::RedisKv;
+    let server = RedisServer::start();
+    let wasm = build_guest("examples/rooms-guest");
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::connect(RedisOptions::new(server.url())).await.unwrap();
+        let kv = Arc::new(RedisKv::new(backend.connection(), backend.prefix(), backend.timeout()));
+        let plugin = PluginHost::start(PluginConfig::new(&wasm), kv).await.unwrap();
+        let hub = Hub::new();
+        let options = Options { select: Some(plugin.select_fn()), ..fast_options() };
+        let presence = Arc::new(Presence::new(Arc::new(backend), hub.clone(), options).unwrap());
+        plugin.attach(&presence);
+        instances.push((plugin, presence, hub));
+    }
+    let user = json!({"id": "ada"});
+    // Outside rooms: no presence.
+    let (plugin, presence, hub) = &instances[0];
+    let (conn, _rx) = hub.connect(user.clone(), 64);
+    plugin.on_subscribe(conn, &user, "chat").await.unwrap();
+    assert_eq!(presence.count("chat").await.unwrap(), 0);
+    // Five joins across both instances pass; the sixth, on either, is refused.
+    let mut receivers = Vec::new();
+    for i in 0..5 {
+        let (plugin, presence, hub) = &instances[i % 2];
+        let (conn, rx) = hub.connect(user.clone(), 64);
+        receivers.push(rx);
+        plugin.on_subscribe(conn, &user, &format!("room-{i}")).await.unwrap();
+        assert_eq!(presence.count(&format!("room-{i}")).await.unwrap(), 1);
+    }
+    let (plugin, presence, hub) = &instances[1];
+    let (conn, _rx) = hub.connect(user.clone(), 64);
+    let refused = plugin.on_subscribe(conn, &user, "room-5").await.unwrap_err();
+    assert!(refused.contains("rate limited"), "{refused}");
+    assert_eq!(presence.count("room-5").await.unwrap(), 0);
+    // The counter lives under the plugin namespace, apart from presence keys.
+    let mut con = server.connection();
+    let counter: i64 = redis::cmd("GET").arg("presence-kv:joins:ada").query(&mut con).unwrap();
+    assert_eq!(counter, 6);
+}

@@ -126,6 +126,15 @@ impl RedisBackend {
         std::array::from_fn(|i| (names[i], all[i].get_hash()))
     }
 
+    /// The multiplexed command connection (e.g. for the plugin key-value store).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
