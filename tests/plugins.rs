@@ -326,3 +326,23 @@ async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
     let counter: i64 = redis::cmd("GET").arg("presence-kv:joins:ada").query(&mut con).unwrap();
     assert_eq!(counter, 6);
 }
+
+/// The same `select` policy written in Python (componentize-py) loads and
+/// behaves like the Rust one: the contract is language-neutral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_guest_speaks_the_same_contract() {
+    let wasm = presence_tests::guests::build_python_guest("examples/select-py", "app");
+    let scratch = Scratch::new("python");
+    let mut config = PluginConfig::new(&wasm);
+    config.cache_dir = Some(scratch.path("cache"));
+    let plugin = PluginHost::start(config, Arc::new(MemoryKv::default())).await.expect("python guest loads");
+    let (presence, hub) = engine_with(&plugin).await;
+    let user = plugin.authenticate(request("id=ada&name=Ada&color=teal&email=a%40x")).await.unwrap();
+    assert_eq!(user["email"], "a@x");
+    let (conn, mut rx) = hub.connect(user.clone(), 16);
+    plugin.on_subscribe(conn, &user, "room").await.unwrap();
+    let list: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
+    assert_eq!(list["data"], json!([{"key": "ada", "data": {"id": "ada", "name": "Ada", "color": "teal"}}]));
+    plugin.on_close(conn, &user).await.unwrap();
+    assert_eq!(presence.count("room").await.unwrap(), 0);
+}

@@ -75,3 +75,21 @@ pub fn deploy(src: &Path, dest: &Path) {
     std::fs::copy(src, &tmp).unwrap();
     std::fs::rename(&tmp, dest).unwrap();
 }
+
+/// Build the Python guest at `app_dir` with componentize-py (installed by
+/// `.ci/run` from PyPI) and return the component's path.
+pub fn build_python_guest(app_dir: &str, module: &str) -> PathBuf {
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let root = workspace();
+    let out_dir = root.join("target").join("guests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let wasm = out_dir.join(format!("{module}_py.wasm"));
+    let output = Command::new("componentize-py")
+        .current_dir(&root)
+        .args(["-d", "wit", "-w", "plugin", "componentize", "-p", app_dir, module, "-o"])
+        .arg(&wasm)
+        .output()
+        .expect("componentize-py is installed (`pip install componentize-py`; .ci/run does it)");
+    assert!(output.status.success(), "componentize-py failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    wasm
+}

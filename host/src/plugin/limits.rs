@@ -18,6 +18,8 @@ pub struct Limits {
     /// Deadline of `on-subscribe`/`on-unsubscribe`/`on-close`, which usually
     /// perform presence operations (Redis round trips).
     pub hook_deadline: Duration,
+    /// Setting up a fresh instance (outside any call's deadline).
+    pub instantiate_deadline: Duration,
     /// Linear memory of one instance.
     pub memory_bytes: usize,
     /// Host calls (presence, kv, log, clock) one guest call may make.
@@ -36,6 +38,7 @@ impl Default for Limits {
         Self {
             call_deadline: Duration::from_millis(10),
             hook_deadline: Duration::from_secs(3),
+            instantiate_deadline: Duration::from_secs(2),
             memory_bytes: 64 << 20,
             host_calls_per_call: 256,
             log_lines_per_call: 32,

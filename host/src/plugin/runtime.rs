@@ -79,7 +79,7 @@ impl Loaded {
     async fn instantiate(&self, engine: &Engine, env: &Arc<HostEnv>) -> wasmtime::Result<Instance> {
         let mut store = Store::new(engine, GuestState::new(env.clone()));
         store.limiter(|state| &mut state.store_limits);
-        store.set_epoch_deadline(Limits::ticks(env.limits.call_deadline));
+        store.set_epoch_deadline(Limits::ticks(env.limits.instantiate_deadline));
         let plugin = self.pre.instantiate_async(&mut store).await?;
         Ok(Instance { store, plugin })
     }
@@ -89,13 +89,28 @@ impl Loaded {
         let export = call.export();
         let metrics = env.metrics.export(export);
         let deadline = if export.is_hook() { env.limits.hook_deadline } else { env.limits.call_deadline };
-        let started = Instant::now();
         let pooled = self.idle.lock().unwrap().pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            // A fresh instance gets its own budget: large guests (a Python
+            // interpreter) take longer to set up than to answer a call.
+            None => match tokio::time::timeout(env.limits.instantiate_deadline, self.instantiate(engine, env)).await {
+                Ok(Ok(instance)) => instance,
+                Ok(Err(error)) => {
+                    metrics.traps.fetch_add(1, Relaxed);
+                    return Err(CallError::Trap { export: export.name(), message: describe(&error) });
+                }
+                Err(_) => {
+                    metrics.timeouts.fetch_add(1, Relaxed);
+                    return Err(CallError::Timeout {
+                        export: export.name(),
+                        deadline: env.limits.instantiate_deadline,
+                    });
+                }
+            },
+        };
+        let started = Instant::now();
         let run = async {
-            let mut instance = match pooled {
-                Some(instance) => instance,
-                None => self.instantiate(engine, env).await?,
-            };
             instance.store.data_mut().reset_budget();
             instance.store.set_epoch_deadline(Limits::ticks(deadline));
             let reply = invoke(&mut instance, call).await?;
