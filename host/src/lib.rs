@@ -20,7 +20,9 @@
 pub mod backend;
 pub mod engine;
 pub mod hub;
+pub mod metrics;
 pub mod plugin;
+pub mod server;
 
 pub use backend::Backend;
 pub use engine::{ConnId, Envelope, Error, Hooks, Member, Options, Platform, Presence};

@@ -7,6 +7,7 @@
 //! and every change it makes is announced to the other instances watching the
 //! topic through [`BackendEvent`]s.
 
+pub mod measured;
 pub mod memory;
 pub mod redis;
 

@@ -45,7 +45,16 @@ pub struct Presence {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What this instance showed its local subscribers, by event.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub joins: std::sync::atomic::AtomicU64,
+    pub leaves: std::sync::atomic::AtomicU64,
+    pub updates: std::sync::atomic::AtomicU64,
+}
+
 pub(crate) struct Inner {
+    stats: Stats,
     backend: Arc<dyn Backend>,
     platform: Arc<dyn Platform>,
     options: Options,
@@ -68,6 +77,7 @@ impl Presence {
             reason: "its event stream is already used by another engine".into(),
         })?;
         let inner = Arc::new(Inner {
+            stats: Stats::default(),
             backend,
             platform,
             options,
@@ -85,6 +95,16 @@ impl Presence {
     /// This instance's id (as the backend knows it).
     pub fn instance(&self) -> &str {
         self.inner.backend.instance()
+    }
+
+    /// Joins, leaves and updates shown to this instance's subscribers.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Topics this instance has local interest in.
+    pub fn local_topics(&self) -> usize {
+        lock(&self.inner.topics).len()
     }
 
     pub fn options(&self) -> &Options {
@@ -296,6 +316,12 @@ impl Inner {
 
     /// Tell the topic's local subscribers about a change.
     fn announce(&self, topic: &str, kind: ChangeKind, key: &str, data: &str) {
+        let counter = match kind {
+            ChangeKind::Join => &self.stats.joins,
+            ChangeKind::Leave => &self.stats.leaves,
+            ChangeKind::Updated => &self.stats.updates,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.platform.publish(&presence_topic(topic), &Envelope::member(topic, kind.event(), key, data));
     }
 

@@ -1,12 +1,10 @@
 //! Counters per export (calls, errors, traps, timeouts, a latency histogram)
 //! and per plugin (generation, reloads), rendered in Prometheus text format.
 
+use crate::metrics::{type_line, Histogram};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-
-/// Upper bounds of the latency buckets, in microseconds.
-pub const BUCKETS_US: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 100_000];
 
 /// The plugin's exports, in metric order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,16 +50,12 @@ pub struct ExportMetrics {
     pub errors: AtomicU64,
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
-    buckets: [AtomicU64; BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
+    pub latency: Histogram,
 }
 
 impl ExportMetrics {
     pub fn observe(&self, latency: Duration) {
-        let us = latency.as_micros() as u64;
-        let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
-        self.buckets[bucket].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+        self.latency.observe(latency);
         self.calls.fetch_add(1, Relaxed);
     }
 }
@@ -106,28 +100,13 @@ impl PluginMetrics {
                 let _ = writeln!(out, "presence_plugin_{name}_total{{export=\"{}\"}} {value}", export.name());
             }
         }
-        let _ = writeln!(out, "# TYPE presence_plugin_call_seconds histogram");
+        type_line(out, "presence_plugin_call_seconds", "histogram");
         for export in Export::ALL {
-            let m = self.export(export);
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS_US.iter().enumerate() {
-                cumulative += m.buckets[i].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "presence_plugin_call_seconds_bucket{{export=\"{}\",le=\"{}\"}} {cumulative}",
-                    export.name(),
-                    *bound as f64 / 1e6
-                );
-            }
-            cumulative += m.buckets[BUCKETS_US.len()].load(Relaxed);
-            let name = export.name();
-            let _ = writeln!(out, "presence_plugin_call_seconds_bucket{{export=\"{name}\",le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(
+            self.export(export).latency.render(
                 out,
-                "presence_plugin_call_seconds_sum{{export=\"{name}\"}} {}",
-                m.sum_us.load(Relaxed) as f64 / 1e6
+                "presence_plugin_call_seconds",
+                &format!("export=\"{}\"", export.name()),
             );
-            let _ = writeln!(out, "presence_plugin_call_seconds_count{{export=\"{name}\"}} {cumulative}");
         }
     }
 }

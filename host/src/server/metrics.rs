@@ -1,0 +1,44 @@
+//! `/metrics`: the server's own counters plus the engine's, the backend's
+//! and the plugin's, in Prometheus text format.
+
+use super::Shared;
+use crate::metrics::type_line;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct ServerMetrics {
+    pub connections_open: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub upgrades_denied: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_refused: AtomicU64,
+    pub keepalive_timeouts: AtomicU64,
+}
+
+pub fn render(shared: &Shared) -> String {
+    let mut out = String::new();
+    let m = &shared.metrics;
+    let mut line = |name: &str, kind: &str, value: String| {
+        type_line(&mut out, name, kind);
+        let _ = writeln!(out, "{name} {value}");
+    };
+    line("presence_connections", "gauge", m.connections_open.load(Relaxed).to_string());
+    line("presence_connections_total", "counter", m.connections_total.load(Relaxed).to_string());
+    line("presence_upgrades_denied_total", "counter", m.upgrades_denied.load(Relaxed).to_string());
+    line("presence_frames_received_total", "counter", m.frames_in.load(Relaxed).to_string());
+    line("presence_frames_refused_total", "counter", m.frames_refused.load(Relaxed).to_string());
+    line("presence_keepalive_timeouts_total", "counter", m.keepalive_timeouts.load(Relaxed).to_string());
+    line("presence_slow_client_disconnects_total", "counter", shared.hub.overflows().to_string());
+    line("presence_topics", "gauge", shared.presence.local_topics().to_string());
+    let stats = shared.presence.stats();
+    type_line(&mut out, "presence_events_total", "counter");
+    for (event, counter) in [("join", &stats.joins), ("leave", &stats.leaves), ("updated", &stats.updates)] {
+        let _ = writeln!(out, "presence_events_total{{event=\"{event}\"}} {}", counter.load(Relaxed));
+    }
+    shared.backend_metrics.render(&mut out);
+    if let Some(plugin) = &shared.plugin {
+        plugin.metrics().render(&mut out);
+    }
+    out
+}

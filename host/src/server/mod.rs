@@ -1,0 +1,176 @@
+//! The WebSocket server and its HTTP side, usable two ways: `presenced`
+//! runs it on its own, and an existing axum application merges
+//! [`PresenceServer::router`] next to its own routes.
+//!
+//! - [`protocol`]: client messages and error envelopes.
+//! - `ws`: one connection's life (authenticate → frames → hooks → close),
+//!   keepalive, rate and subscription limits, bounded send queue.
+//! - `http`: `/`, `/healthz`, `/readyz`, `/metrics`.
+
+mod http;
+mod metrics;
+pub mod protocol;
+mod ws;
+
+use crate::backend::measured::{BackendMetrics, Measured};
+use crate::backend::memory::MemoryStore;
+use crate::backend::redis::{RedisBackend, RedisOptions};
+use crate::plugin::kv::{MemoryKv, PluginKv, RedisKv};
+use crate::plugin::{PluginConfig, PluginHost};
+use crate::{Backend, Hub, Options, Presence};
+use axum::routing::get;
+use axum::Router;
+use metrics::ServerMetrics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Per-connection protection.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest client frame; larger ones close the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Topics one connection may be subscribed to at once.
+    pub max_subscriptions: usize,
+    /// Client frames per second (burst of the same size); extra frames get
+    /// an error envelope and are dropped.
+    pub messages_per_second: u32,
+    /// Outgoing frames queued per connection; a client that lets it fill up
+    /// is disconnected.
+    pub send_queue: usize,
+    /// How often the server pings each client.
+    pub ping_interval: Duration,
+    /// How long after a ping a silent client is considered dead and closed.
+    pub pong_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 * 1024,
+            max_subscriptions: 100,
+            messages_per_second: 50,
+            send_queue: 1024,
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything `presenced` (or an embedding application) configures.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// `None`: the in-memory backend (one process).
+    pub redis: Option<RedisOptions>,
+    pub plugin: Option<PluginConfig>,
+    pub options: Options,
+    pub limits: ServerLimits,
+}
+
+pub(crate) struct Shared {
+    pub presence: Arc<Presence>,
+    pub hub: Arc<Hub>,
+    pub plugin: Option<Arc<PluginHost>>,
+    pub limits: ServerLimits,
+    pub metrics: ServerMetrics,
+    pub backend_metrics: Arc<BackendMetrics>,
+    /// For `/readyz`: the Redis connection, when there is one.
+    pub redis: Option<redis::aio::ConnectionManager>,
+    pub shutdown: CancellationToken,
+    pub connections: TaskTracker,
+}
+
+/// The engine, the plugin and the connection plumbing, ready to serve.
+#[derive(Clone)]
+pub struct PresenceServer {
+    shared: Arc<Shared>,
+}
+
+impl PresenceServer {
+    /// Connect the backend, load the plugin, start the engine.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        let (backend, kv, redis): (Arc<dyn Backend>, Arc<dyn PluginKv>, _) = match &config.redis {
+            Some(options) => {
+                let backend = RedisBackend::connect(options.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", options.url))?;
+                let conn = backend.connection();
+                let kv = RedisKv::new(conn.clone(), backend.prefix(), backend.timeout());
+                (Arc::new(backend), Arc::new(kv), Some(conn))
+            }
+            None => (Arc::new(MemoryStore::new().backend()), Arc::new(MemoryKv::default()), None),
+        };
+        let plugin = match config.plugin {
+            Some(plugin) => {
+                let path = plugin.path.display().to_string();
+                let host = PluginHost::start(plugin, kv).await.map_err(|e| anyhow::anyhow!("plugin {path}: {e}"))?;
+                Some(Arc::new(host))
+            }
+            None => None,
+        };
+        let mut options = config.options;
+        if let Some(plugin) = &plugin {
+            options.select = Some(plugin.select_fn());
+        }
+        let measured = Measured::new(backend);
+        let backend_metrics = measured.metrics.clone();
+        let hub = Hub::new();
+        let presence = Arc::new(Presence::new(Arc::new(measured), hub.clone(), options)?);
+        if let Some(plugin) = &plugin {
+            plugin.attach(&presence);
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                presence,
+                hub,
+                plugin,
+                limits: config.limits,
+                metrics: ServerMetrics::default(),
+                backend_metrics,
+                redis,
+                shutdown: CancellationToken::new(),
+                connections: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// Every route: `/ws`, the demo page at `/`, `/healthz`, `/readyz`, `/metrics`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/ws", get(ws::upgrade))
+            .route("/", get(http::demo))
+            .route("/healthz", get(http::healthz))
+            .route("/readyz", get(http::readyz))
+            .route("/metrics", get(http::metrics))
+            .with_state(self.shared.clone())
+    }
+
+    /// Only the WebSocket endpoint at `/ws`, for applications that keep
+    /// their own `/` and health routes.
+    pub fn ws_router<S>(&self) -> Router<S> {
+        Router::new().route("/ws", get(ws::upgrade)).with_state(self.shared.clone())
+    }
+
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.shared.presence
+    }
+
+    pub fn plugin(&self) -> Option<&Arc<PluginHost>> {
+        self.shared.plugin.as_ref()
+    }
+
+    /// Graceful stop: refuse new connections, leave every local user (so the
+    /// other instances see the leaves now, not after `ttl`), close every
+    /// socket with a close frame, and wait for the connections to finish.
+    pub async fn shutdown(&self) {
+        let shared = &self.shared;
+        shared.shutdown.cancel();
+        shared.presence.leave_everyone().await;
+        shared.connections.close();
+        if tokio::time::timeout(Duration::from_secs(5), shared.connections.wait()).await.is_err() {
+            tracing::warn!("some connections did not close within 5 s");
+        }
+        shared.presence.destroy();
+    }
+}
