@@ -169,3 +169,30 @@ impl Platform for Hub {
         self.lock().conns.contains_key(&conn)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A connection that does not drain its queue is cut off once the queue
+    /// is full; the others keep receiving.
+    #[test]
+    fn slow_connections_are_cut_off_not_buffered() {
+        let hub = Hub::new();
+        let (slow, mut slow_rx) = hub.connect(json!({}), 2);
+        let (fast, mut fast_rx) = hub.connect(json!({}), 2);
+        hub.subscribe(slow, "t");
+        hub.subscribe(fast, "t");
+        let envelope = Envelope::new("t", "e", serde_json::value::RawValue::from_string("1".into()).unwrap());
+        for _ in 0..3 {
+            hub.publish("t", &envelope);
+            assert!(fast_rx.try_recv().is_ok());
+        }
+        assert!(!hub.is_open(slow));
+        assert_eq!(hub.overflows(), 1);
+        assert!(slow_rx.try_recv().is_ok() && slow_rx.try_recv().is_ok());
+        assert!(slow_rx.try_recv().is_err(), "nothing beyond the queue, and the queue is closed");
+        assert!(hub.is_open(fast));
+    }
+}

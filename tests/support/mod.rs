@@ -168,3 +168,5 @@ pub async fn keys(instance: &Instance, topic: &str) -> Vec<String> {
     keys.sort();
     keys
 }
+
+pub mod ws;

@@ -25,6 +25,7 @@ use std::time::Instant;
 /// Close codes (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
 const POLICY: u16 = 1008;
+const TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
 
 pub(super) async fn upgrade(
@@ -49,10 +50,12 @@ pub(super) async fn upgrade(
         },
         None => demo_user_data(query),
     };
-    let limit = shared.limits.max_frame_bytes;
+    // Frames up to 4× the limit are read and refused with a close (1009)
+    // that names the limit; beyond that the WebSocket layer drops the socket.
+    let hard_limit = shared.limits.max_frame_bytes.saturating_mul(4);
     let tracker = shared.connections.clone();
-    ws.max_frame_size(limit)
-        .max_message_size(limit)
+    ws.max_frame_size(hard_limit)
+        .max_message_size(hard_limit)
         .on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data)))
 }
 
@@ -141,6 +144,11 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
             message = stream.next() => {
                 last_heard = Instant::now();
                 match message {
+                    Some(Ok(Message::Text(text))) if text.len() > limits.max_frame_bytes => {
+                        shared.metrics.frames_refused.fetch_add(1, Relaxed);
+                        let _ = sink.send(close(TOO_BIG, "frame over the size limit")).await;
+                        break;
+                    }
                     Some(Ok(Message::Text(text))) => {
                         shared.metrics.frames_in.fetch_add(1, Relaxed);
                         let result = if rate.admit() {
