@@ -169,4 +169,5 @@ pub async fn keys(instance: &Instance, topic: &str) -> Vec<String> {
     keys
 }
 
+pub mod browser;
 pub mod ws;
