@@ -1,13 +1,22 @@
-//! Engine benchmark: starts its own redis-server and prints a Markdown table.
+//! Benchmarks, each printing a Markdown table. Every part starts its own
+//! redis-server; ratios compare numbers measured in the same run.
 //!
-//! Run with: `cargo run --release -p presence-tests --bin bench`
-//! (options: `--users N` `--concurrency N`; see `--help`).
+//! Run with: `cargo build --release -p presence --bin presenced -p presence-tests --bin bench`
+//! then `target/release/bench [engine|plugin|server]` (default: all three).
 //!
+//! engine:
 //! - joins/s and leaves/s through the engine, many connections in flight;
 //! - the same Redis running `redis-benchmark` on the join script (EVALSHA)
 //!   in the same run, and our ratio to it;
 //! - round trips and Redis commands per join and per leave (`INFO commandstats`);
 //! - one heartbeat tick for 10,000 users across 1,000 topics.
+//!
+//! plugin: p50/p99 per export with instance reuse, a fresh instance, reload
+//! cold and from the cache, and a join's cost with and without a plugin.
+//!
+//! server: two `presenced` processes on one Redis and WebSocket clients over
+//! loopback — memory per idle connection, join → `join` latency seen on the
+//! other instance with 1,000 and 10,000 clients, joins/s through the stack.
 
 use futures::StreamExt;
 use presence::backend::redis::{RedisBackend, RedisOptions};
@@ -18,28 +27,40 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod plugin_bench;
+mod server_bench;
+
 struct Args {
     users: usize,
     concurrency: usize,
     topics: usize,
 }
 
-fn parse_args() -> Args {
-    let mut args = Args { users: 20_000, concurrency: 256, topics: 100 };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().and_then(|v| v.parse().ok()).expect("flag needs a number");
-        match flag.as_str() {
-            "--users" => args.users = value(),
-            "--concurrency" => args.concurrency = value(),
-            "--topics" => args.topics = value(),
-            _ => {
-                eprintln!("usage: bench [--users N] [--concurrency N] [--topics N]");
-                std::process::exit(2);
-            }
+#[tokio::main]
+async fn main() {
+    let part = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let args = Args { users: 20_000, concurrency: 256, topics: 1000 };
+    match part.as_str() {
+        "engine" => engine(&args).await,
+        "plugin" => plugin_bench::run().await,
+        "server" => server_bench::run().await,
+        "all" => {
+            engine(&args).await;
+            plugin_bench::run().await;
+            server_bench::run().await;
+        }
+        _ => {
+            eprintln!("usage: bench [engine|plugin|server|all]");
+            std::process::exit(2);
         }
     }
-    args
+}
+
+/// p50 and p99 of a sample, in microseconds.
+pub fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    (at(0.50), at(0.99))
 }
 
 fn command_stats(con: &mut redis::Connection) -> (u64, u64) {
@@ -59,11 +80,17 @@ fn command_stats(con: &mut redis::Connection) -> (u64, u64) {
     (evalsha, total)
 }
 
+fn redis_version() -> String {
+    let output = Command::new("redis-server").arg("--version").output().expect("redis-server");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.split_whitespace().find_map(|w| w.strip_prefix("v=")).unwrap_or("?").to_owned()
+}
+
 fn reset_stats(con: &mut redis::Connection) {
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(con).unwrap();
 }
 
-async fn engine(url: &str, options: Options) -> (Presence, Arc<Hub>) {
+async fn start_engine(url: &str, options: Options) -> (Presence, Arc<Hub>) {
     let mut redis_options = RedisOptions::new(url);
     redis_options.timeout = Duration::from_secs(10);
     let backend = RedisBackend::connect(redis_options).await.expect("connect");
@@ -96,21 +123,22 @@ fn redis_benchmark_join(port: u16, requests: usize) -> f64 {
     rate.unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"))
 }
 
-#[tokio::main]
-async fn main() {
-    let args = parse_args();
+async fn engine(args: &Args) {
+    println!("\n### Engine (Redis {})\n", redis_version());
     let server = RedisServer::start();
     let mut con = server.connection();
     let options =
         Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() };
-    let (presence, hub) = engine(&server.url(), options.clone()).await;
+    let (presence, hub) = start_engine(&server.url(), options.clone()).await;
     let conns: Vec<_> =
-        (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 64)).collect();
+        (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 1024)).collect();
     let ids: Vec<_> = conns.iter().map(|(id, _)| *id).collect();
     let topic_of = |i: usize| format!("topic-{}", i % args.topics);
-    // Watch every topic first, so the measured joins are steady-state joins.
-    for t in 0..args.topics {
-        presence.count(&topic_of(t)).await.unwrap();
+    // An observer on every topic first, so the measured joins are
+    // steady-state joins (the topic is watched and its replica seeded).
+    let observers: Vec<_> = (0..args.topics).map(|_| hub.connect(json!({"id": "observer"}), 1 << 16)).collect();
+    for (t, (observer, _)) in observers.iter().enumerate() {
+        presence.sync(*observer, &topic_of(t)).await.unwrap();
     }
 
     reset_stats(&mut con);
@@ -143,7 +171,7 @@ async fn main() {
     let baseline = redis_benchmark_join(server.port(), 200_000);
 
     // Heartbeat: 10,000 users across 1,000 topics on one instance.
-    let (ticker, tick_hub) = engine(&server.url(), options).await;
+    let (ticker, tick_hub) = start_engine(&server.url(), options).await;
     let tick_conns: Vec<_> = (0..10_000).map(|i| tick_hub.connect(json!({"id": format!("t{i}")}), 64)).collect();
     futures::stream::iter(tick_conns.iter().enumerate())
         .for_each_concurrent(args.concurrency, |(i, (id, _))| {

@@ -54,8 +54,12 @@ pub(super) async fn upgrade(
     // that names the limit; beyond that the WebSocket layer drops the socket.
     let hard_limit = shared.limits.max_frame_bytes.saturating_mul(4);
     let tracker = shared.connections.clone();
+    // Small buffers: an idle connection should cost kilobytes, not the
+    // 128 KiB tungstenite reserves by default.
     ws.max_frame_size(hard_limit)
         .max_message_size(hard_limit)
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
         .on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data)))
 }
 

@@ -1,0 +1,234 @@
+//! Server benchmark: two `presenced` processes (release build, next to this
+//! binary) on one Redis, driven by WebSocket clients over loopback.
+
+use super::percentiles;
+use futures::{SinkExt, StreamExt};
+use presence::backend::redis::{RedisBackend, RedisOptions};
+use presence::{Hub, Options, Presence};
+use presence_tests::RedisServer;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Presenced {
+    child: Child,
+    port: u16,
+}
+
+impl Presenced {
+    async fn start(redis: &str) -> Self {
+        let binary = std::env::current_exe().unwrap().with_file_name("presenced");
+        assert!(binary.exists(), "build it first: cargo build --release -p presence --bin presenced");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--redis", redis, "--send-queue", "8192"])
+            .args(["--messages-per-second", "1000", "--redis-timeout-ms", "10000"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "presenced did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child, port }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    }
+}
+
+impl Drop for Presenced {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client task: connects, optionally subscribes, reports its first `list`
+/// and forwards every `join` key it sees; keeps reading (and answering pings)
+/// until dropped.
+struct Client {
+    outgoing: mpsc::UnboundedSender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn client(
+    port: u16,
+    id: &str,
+    topic: Option<String>,
+    listed: Option<oneshot::Sender<()>>,
+    joins: Option<mpsc::UnboundedSender<(String, Instant)>>,
+) -> Client {
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?id={id}&name={id}")).await.expect("connect");
+    let (mut sink, mut stream) = ws.split();
+    let (outgoing, mut rx) = mpsc::unbounded_channel::<Message>();
+    if let Some(topic) = topic {
+        let _ = outgoing.send(Message::Text(json!({"type": "subscribe", "topic": topic}).to_string().into()));
+    }
+    let task = tokio::spawn(async move {
+        let mut listed = listed;
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(message) => if sink.send(message).await.is_err() { return },
+                    None => return,
+                },
+                incoming = stream.next() => match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        // Parse only what this client reports on: the load
+                        // generator must not be the bottleneck.
+                        let wanted = (listed.is_some() && text.contains(r#""event":"list""#))
+                            || (joins.is_some() && text.contains(r#""event":"join""#));
+                        if !wanted {
+                            continue;
+                        }
+                        let envelope: Value = serde_json::from_str(&text).unwrap_or_default();
+                        match envelope["event"].as_str() {
+                            Some("list") => if let Some(tx) = listed.take() { let _ = tx.send(()); },
+                            Some("join") => if let Some(joins) = &joins {
+                                let _ = joins.send((envelope["data"]["key"].as_str().unwrap_or("").to_owned(), Instant::now()));
+                            },
+                            _ => {}
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+            }
+        }
+    });
+    Client { outgoing, task }
+}
+
+/// Connect `n` clients (alternating instances), then have them all join
+/// (100 per topic); returns them and joins/s from the first subscribe until
+/// every client had its list.
+async fn crowd(ports: [u16; 2], n: usize, tag: &str) -> (Vec<Client>, f64) {
+    let mut pending = Vec::with_capacity(n);
+    let mut clients = Vec::with_capacity(n);
+    let mut connecting = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let (tx, rx) = oneshot::channel();
+            (client(ports[i % 2], &format!("{tag}{i}"), None, Some(tx), None).await, rx)
+        })
+        .buffer_unordered(256);
+    while let Some((c, rx)) = connecting.next().await {
+        clients.push(c);
+        pending.push(rx);
+    }
+    let started = Instant::now();
+    for (i, c) in clients.iter().enumerate() {
+        let subscribe = json!({"type": "subscribe", "topic": format!("{tag}-topic-{}", i / 100)}).to_string();
+        c.outgoing.send(Message::Text(subscribe.into())).unwrap();
+    }
+    for rx in pending {
+        rx.await.expect("list received");
+    }
+    (clients, n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// join → `join` latency, seen by an observer on the other instance.
+async fn join_latency(ports: [u16; 2], samples: usize) -> (f64, f64) {
+    let (joins_tx, mut joins) = mpsc::unbounded_channel();
+    let (tx, rx) = oneshot::channel();
+    let observer = client(ports[1], "observer", Some("__presence:probe".into()), Some(tx), Some(joins_tx)).await;
+    rx.await.unwrap();
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let key = format!("probe{i}");
+        let probe = client(ports[0], &key, None, None, None).await;
+        let sent = Instant::now();
+        probe.outgoing.send(Message::Text(json!({"type": "subscribe", "topic": "probe"}).to_string().into())).unwrap();
+        loop {
+            let (seen, at) =
+                tokio::time::timeout(Duration::from_secs(10), joins.recv()).await.expect("join seen").unwrap();
+            if seen == key {
+                latencies.push(at - sent);
+                break;
+            }
+        }
+        let _ = probe.outgoing.send(Message::Close(None));
+        drop(probe);
+    }
+    drop(observer);
+    percentiles(&mut latencies)
+}
+
+/// The engine alone, in this process, on the same Redis: joins/s for `n` users.
+async fn engine_joins(url: &str, n: usize) -> f64 {
+    let mut options = RedisOptions::new(url);
+    options.prefix = "engine-only".into();
+    options.timeout = Duration::from_secs(10);
+    let hub = Hub::new();
+    let presence =
+        Presence::new(Arc::new(RedisBackend::connect(options).await.unwrap()), hub.clone(), Options::default())
+            .unwrap();
+    let conns: Vec<_> = (0..n).map(|i| hub.connect(json!({"id": format!("e{i}"), "name": "e"}), 1 << 12).0).collect();
+    let started = Instant::now();
+    futures::stream::iter(conns.iter().enumerate())
+        .for_each_concurrent(256, |(i, conn)| {
+            let presence = &presence;
+            async move { presence.join(*conn, &format!("engine-topic-{}", i / 100)).await.unwrap() }
+        })
+        .await;
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+pub async fn run() {
+    println!("\n### Server (two presenced processes, one Redis, WebSocket clients on loopback)\n");
+    let redis = RedisServer::start();
+    let a = Presenced::start(&redis.url()).await;
+    let b = Presenced::start(&redis.url()).await;
+    let ports = [a.port, b.port];
+
+    // Memory per idle connection.
+    let before = a.rss_kib();
+    let idle: Vec<Client> = futures::stream::iter(0..5_000)
+        .map(|i| client(a.port, Box::leak(format!("idle{i}").into_boxed_str()), None, None, None))
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_idle = (a.rss_kib().saturating_sub(before)) as f64 * 1024.0 / idle.len() as f64;
+    drop(idle);
+
+    println!("| measure | 1,000 clients | 10,000 clients |");
+    println!("|---|---|---|");
+    let mut rows: Vec<(String, Vec<String>)> = vec![
+        ("join → `join` on the other instance, p50 / p99".into(), vec![]),
+        ("joins/s through WebSocket + presenced + Redis".into(), vec![]),
+        ("joins/s, engine alone on the same Redis".into(), vec![]),
+    ];
+    for n in [1_000, 10_000] {
+        let tag = format!("c{n}-");
+        let (crowd, stack_rate) = crowd(ports, n, &tag).await;
+        let (p50, p99) = join_latency(ports, 300).await;
+        let engine_rate = engine_joins(&redis.url(), n).await;
+        rows[0].1.push(format!("{:.2} / {:.2} ms", p50 / 1e3, p99 / 1e3));
+        rows[1].1.push(format!("{stack_rate:.0}"));
+        rows[2].1.push(format!("{engine_rate:.0}"));
+        drop(crowd);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (name, values) in rows {
+        println!("| {name} | {} |", values.join(" | "));
+    }
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| memory per idle WebSocket connection (RSS delta / 5,000) | {:.1} KiB |", per_idle / 1024.0);
+}
