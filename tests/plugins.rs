@@ -12,6 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Tests that measure deadlines while other tests compile components would
+/// share two cores with cranelift; they take turns instead.
+static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn host(path: &std::path::Path) -> PluginHost {
     PluginHost::start(PluginConfig::new(path), Arc::new(MemoryKv::default())).await.expect("plugin loads")
 }
@@ -79,6 +83,7 @@ async fn defaults_reproduce_the_builtin_behaviour() {
 /// serving other calls meanwhile, and sandboxed capabilities are denied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_are_contained() {
+    let _turn = CPU_HEAVY.lock().await;
     let plugin = Arc::new(host(&build_guest("tests/guests/hostile")).await);
     let select = plugin.select_fn();
     let attack = |name: &str| select(json!({"id": "x", "attack": name}));
@@ -166,6 +171,7 @@ async fn misfit_components_are_refused_in_plain_words() {
 /// a version seen before comes back from the precompiled cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_loses_nothing() {
+    let _turn = CPU_HEAVY.lock().await;
     let select_guest = build_guest("examples/select-guest");
     let defaults_guest = build_guest("tests/guests/defaults");
     let scratch = Scratch::new("reload");
@@ -173,6 +179,9 @@ async fn hot_reload_under_load_loses_nothing() {
     deploy(&select_guest, &live);
     let mut config = PluginConfig::new(&live);
     config.watch = true;
+    // What is under test is that no call is lost across swaps; a roomy
+    // deadline keeps CPU contention from other tests out of the verdict.
+    config.limits.call_deadline = Duration::from_millis(250);
     config.cache_dir = Some(scratch.path("cache"));
     let plugin = Arc::new(PluginHost::start(config, Arc::new(MemoryKv::default())).await.unwrap());
     assert_eq!(plugin.generation(), 1);
@@ -185,7 +194,8 @@ async fn hot_reload_under_load_loses_nothing() {
             let (select, failures, calls, stop) = (plugin.select_fn(), failures.clone(), calls.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if select(json!({"id": "u", "name": "N", "secret": "s"})).await.is_err() {
+                    if let Err(e) = select(json!({"id": "u", "name": "N", "secret": "s"})).await {
+                        eprintln!("call failed during reloads: {e}");
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                     calls.fetch_add(1, Ordering::Relaxed);
@@ -331,6 +341,7 @@ async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
 /// behaves like the Rust one: the contract is language-neutral.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_guest_speaks_the_same_contract() {
+    let _turn = CPU_HEAVY.lock().await;
     let wasm = presence_tests::guests::build_python_guest("examples/select-py", "app");
     let scratch = Scratch::new("python");
     let mut config = PluginConfig::new(&wasm);
