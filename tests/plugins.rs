@@ -247,24 +247,13 @@ async fn hot_reload_under_load_loses_nothing() {
     assert_eq!(plugin.reload().await.unwrap(), 3);
 }
 
-/// A token signed the way the token-gate example expects.
-fn token(payload: serde_json::Value) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
-    let body = URL_SAFE_NO_PAD.encode(payload.to_string());
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"dev-secret-change-me").unwrap();
-    mac.update(body.as_bytes());
-    format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
-}
-
 /// The token-gate example: signed tokens in the query or a cookie; topics
 /// authorized by role; forged, expired and missing tokens denied with 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_gate_authenticates_and_authorizes_by_role() {
     let plugin = host(&build_guest("examples/token-gate")).await;
     let exp = presence::backend::now_ms() + 60_000;
-    let good = token(json!({"id": "ada", "name": "Ada", "roles": ["team:red"], "exp": exp}));
+    let good = sign_token(json!({"id": "ada", "name": "Ada", "roles": ["team:red"], "exp": exp}));
     let user = plugin.authenticate(request(&format!("token={good}"))).await.unwrap();
     assert_eq!(user, json!({"id": "ada", "name": "Ada", "roles": ["team:red"]}));
     let mut by_cookie = request("");
@@ -272,12 +261,12 @@ async fn token_gate_authenticates_and_authorizes_by_role() {
     assert_eq!(plugin.authenticate(by_cookie).await.unwrap(), user);
 
     // A payload granting admin, carrying the signature of another payload.
-    let admin_body = token(json!({"id": "ada", "roles": ["admin"], "exp": exp}));
+    let admin_body = sign_token(json!({"id": "ada", "roles": ["admin"], "exp": exp}));
     let forged = format!("{}.{}", admin_body.split('.').next().unwrap(), good.split('.').nth(1).unwrap());
     for (query, why) in [
         (String::new(), "missing token"),
         (format!("token={}", forged), "bad token signature"),
-        (format!("token={}", token(json!({"id": "ada", "exp": 1}))), "token expired"),
+        (format!("token={}", sign_token(json!({"id": "ada", "exp": 1}))), "token expired"),
         ("token=garbage".to_owned(), "malformed token"),
     ] {
         let denial = plugin.authenticate(request(&query)).await.unwrap_err();

@@ -135,7 +135,7 @@ async fn plugin_gates_upgrades_and_subscriptions() {
     let (status, _) = served.get("/readyz").await;
     assert_eq!(status, 200);
 
-    let token = plugin_token(
+    let token = sign_token(
         json!({"id": "ada", "name": "Ada", "roles": ["team:red"], "exp": presence::backend::now_ms() + 60_000}),
     );
     let mut ada = served.connect(&format!("token={token}")).await;
@@ -146,16 +146,6 @@ async fn plugin_gates_upgrades_and_subscriptions() {
     ada.subscribe("team:red").await;
     let list = ada.wait_for("list", |_| true).await;
     assert_eq!(list["data"], json!([{"key": "ada", "data": {"id": "ada", "name": "Ada"}}]));
-}
-
-fn plugin_token(payload: serde_json::Value) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
-    let body = URL_SAFE_NO_PAD.encode(payload.to_string());
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"dev-secret-change-me").unwrap();
-    mac.update(body.as_bytes());
-    format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
 
 /// Two instances on one Redis: a client on each sees the other; stopping one

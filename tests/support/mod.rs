@@ -171,3 +171,14 @@ pub async fn keys(instance: &Instance, topic: &str) -> Vec<String> {
 
 pub mod browser;
 pub mod ws;
+
+/// A token signed the way `examples/token-gate` expects (its demo secret).
+pub fn sign_token(payload: Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let body = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"dev-secret-change-me").expect("any key length");
+    mac.update(body.as_bytes());
+    format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}

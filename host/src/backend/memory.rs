@@ -129,6 +129,23 @@ impl MemoryBackend {
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.store.shared.lock().unwrap()
     }
+
+    /// Bump the topic's sequence number and announce this instance's change.
+    fn announce(&self, shared: &mut Shared, topic: &str, kind: ChangeKind, key: &str, data: &str) -> u64 {
+        let entry = shared.topics.get_mut(topic).expect("the caller holds this topic");
+        entry.seq += 1;
+        let seq = entry.seq;
+        let change = Change {
+            topic: topic.to_owned(),
+            instance: self.instance.clone(),
+            seq,
+            kind,
+            key: key.to_owned(),
+            data: data.to_owned(),
+        };
+        shared.announce(topic, BackendEvent::Change(change));
+        seq
+    }
 }
 
 #[async_trait]
@@ -167,19 +184,7 @@ impl Backend for MemoryBackend {
             ChangeKind::Updated
         };
         entry.users.insert(key.to_owned(), data.to_owned());
-        entry.seq += 1;
-        let seq = entry.seq;
-        shared.announce(
-            topic,
-            BackendEvent::Change(Change {
-                topic: topic.to_owned(),
-                instance: self.instance.clone(),
-                seq,
-                kind,
-                key: key.to_owned(),
-                data: data.to_owned(),
-            }),
-        );
+        let seq = self.announce(&mut shared, topic, kind, key, data);
         Ok(match kind {
             ChangeKind::Join => JoinOutcome::Joined { seq },
             _ => JoinOutcome::Updated { seq },
@@ -199,19 +204,7 @@ impl Backend for MemoryBackend {
             return Ok(LeaveOutcome::StillHeld);
         }
         let data = entry.users.remove(key).unwrap_or_else(|| "null".into());
-        entry.seq += 1;
-        let seq = entry.seq;
-        shared.announce(
-            topic,
-            BackendEvent::Change(Change {
-                topic: topic.to_owned(),
-                instance: self.instance.clone(),
-                seq,
-                kind: ChangeKind::Leave,
-                key: key.to_owned(),
-                data: data.clone(),
-            }),
-        );
+        let seq = self.announce(&mut shared, topic, ChangeKind::Leave, key, &data);
         Ok(LeaveOutcome::Left { seq, data })
     }
 

@@ -3,7 +3,8 @@
 //! Run with: `cargo run -p presence --bin presenced` (in-memory, demo page at
 //! http://127.0.0.1:8080/), or with `--redis redis://127.0.0.1:6379/` to
 //! share presence with other instances. `presenced --help` lists every flag;
-//! each has an environment-variable twin.
+//! each has an environment-variable twin. SIGHUP reloads the plugin now;
+//! SIGTERM/SIGINT stop gracefully.
 
 use clap::Parser;
 use presence::backend::redis::RedisOptions;
@@ -136,6 +137,20 @@ async fn main() -> anyhow::Result<()> {
     let plugin = cli.plugin.as_ref().map_or("none (query-string demo auth)".into(), |p| p.display().to_string());
     tracing::info!(%address, backend, plugin, "presenced ready");
     println!("presenced: demo page at http://{address}/  (WebSocket at ws://{address}/ws)");
+    if let Some(plugin) = server.plugin().cloned() {
+        // SIGHUP: the explicit reload (besides the file watcher).
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match plugin.reload().await {
+                    Ok(generation) => tracing::info!(generation, "plugin reloaded on SIGHUP"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "plugin reload on SIGHUP rejected; the previous version keeps serving")
+                    }
+                }
+            }
+        });
+    }
     let app = server.router().into_make_service_with_connect_info::<SocketAddr>();
     let stopping = server.clone();
     axum::serve(listener, app)

@@ -5,7 +5,10 @@
 use super::bindings::presence::plugin::{clock, kv, log, presence, types};
 use super::state::GuestState;
 use crate::engine::{ConnId, Envelope};
+use crate::Presence;
 use serde_json::value::RawValue;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 type HostResult<T> = wasmtime::Result<Result<T, String>>;
@@ -19,79 +22,72 @@ impl GuestState {
     }
 }
 
+impl GuestState {
+    /// Charge one host call, then run `op` on the engine (an error string
+    /// if the engine is gone).
+    async fn with_presence<T, Fut>(&mut self, op: impl FnOnce(Arc<Presence>) -> Fut) -> HostResult<T>
+    where
+        Fut: Future<Output = Result<T, String>>,
+    {
+        self.charge()?;
+        Ok(match self.env.presence() {
+            Ok(presence) => op(presence).await,
+            Err(e) => Err(e),
+        })
+    }
+}
+
 impl presence::Host for GuestState {
     async fn join(&mut self, conn: ConnId, topic: String) -> HostResult<()> {
-        self.charge()?;
-        let presence = match self.env.presence() {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(presence.join(conn, &topic).await.map_err(|e| e.to_string()))
+        self.with_presence(|p| async move { p.join(conn, &topic).await.map_err(|e| e.to_string()) }).await
     }
 
     async fn leave(&mut self, conn: ConnId, topic: Option<String>) -> HostResult<()> {
-        self.charge()?;
-        let presence = match self.env.presence() {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(presence.leave(conn, topic.as_deref()).await.map_err(|e| e.to_string()))
+        self.with_presence(|p| async move { p.leave(conn, topic.as_deref()).await.map_err(|e| e.to_string()) }).await
     }
 
     async fn sync(&mut self, conn: ConnId, topic: String) -> HostResult<()> {
-        self.charge()?;
-        let presence = match self.env.presence() {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(presence.sync(conn, &topic).await.map_err(|e| e.to_string()))
+        self.with_presence(|p| async move { p.sync(conn, &topic).await.map_err(|e| e.to_string()) }).await
     }
 
     async fn unsync(&mut self, conn: ConnId, topic: String) -> wasmtime::Result<()> {
-        self.charge()?;
-        if let Ok(presence) = self.env.presence() {
-            presence.unsync(conn, &topic).await;
-        }
+        let _ = self
+            .with_presence(|p| async move {
+                p.unsync(conn, &topic).await;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 
     async fn list(&mut self, topic: String) -> HostResult<String> {
-        self.charge()?;
-        let presence = match self.env.presence() {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(match presence.list(&topic).await {
-            Ok(members) => serde_json::to_string(&members).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        self.with_presence(|p| async move {
+            let members = p.list(&topic).await.map_err(|e| e.to_string())?;
+            serde_json::to_string(&members).map_err(|e| e.to_string())
         })
+        .await
     }
 
     async fn count(&mut self, topic: String) -> HostResult<u64> {
-        self.charge()?;
-        let presence = match self.env.presence() {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(presence.count(&topic).await.map_err(|e| e.to_string()))
+        self.with_presence(|p| async move { p.count(&topic).await.map_err(|e| e.to_string()) }).await
     }
 
     async fn publish(&mut self, topic: String, event: String, data: String) -> HostResult<()> {
-        self.charge()?;
-        let data = match self.json("publish data", data) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.env.presence().map(|p| p.publish(&topic, &Envelope::new(topic.clone(), event, data))))
+        let data = self.json("publish data", data);
+        self.with_presence(|p| async move {
+            p.publish(&topic, &Envelope::new(topic.clone(), event, data?));
+            Ok(())
+        })
+        .await
     }
 
     async fn send(&mut self, conn: ConnId, topic: String, event: String, data: String) -> HostResult<()> {
-        self.charge()?;
-        let data = match self.json("send data", data) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.env.presence().map(|p| p.send(conn, &Envelope::new(topic, event, data))))
+        let data = self.json("send data", data);
+        self.with_presence(|p| async move {
+            p.send(conn, &Envelope::new(topic, event, data?));
+            Ok(())
+        })
+        .await
     }
 }
 
