@@ -24,6 +24,9 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Shared {
     topics: HashMap<String, TopicData>,
+    /// Last sequence number handed out, on any topic: one counter for the
+    /// whole store, so a topic forgotten and used again never reuses one.
+    seq: u64,
     /// instance id -> (watched topics, event sender)
     watchers: HashMap<String, Watcher>,
 }
@@ -39,7 +42,6 @@ struct TopicData {
     refs: HashMap<String, u32>,
     /// instance -> (expiry ms, held user keys)
     holds: HashMap<String, Hold>,
-    seq: u64,
     epoch: Option<String>,
 }
 
@@ -71,12 +73,12 @@ impl Shared {
             let hold = data.holds.remove(&instance).unwrap_or_default();
             for user in hold.users {
                 if release(data, &user) {
-                    data.seq += 1;
+                    self.seq += 1;
                     let shown = data.users.remove(&user).unwrap_or_else(|| "null".into());
                     changes.push(Change {
                         topic: topic.to_owned(),
                         instance: instance.clone(),
-                        seq: data.seq,
+                        seq: self.seq,
                         kind: ChangeKind::Leave,
                         key: user,
                         data: shown,
@@ -86,6 +88,17 @@ impl Shared {
         }
         for change in changes {
             self.announce(topic, BackendEvent::Change(change));
+        }
+        self.forget_if_empty(topic);
+    }
+
+    /// Drop a topic nobody is in (and that was never cleared), so a long-lived
+    /// process does not keep every topic it ever saw.
+    fn forget_if_empty(&mut self, topic: &str) {
+        let empty =
+            self.topics.get(topic).is_some_and(|d| d.users.is_empty() && d.holds.is_empty() && d.epoch.is_none());
+        if empty {
+            self.topics.remove(topic);
         }
     }
 }
@@ -130,11 +143,10 @@ impl MemoryBackend {
         self.store.shared.lock().unwrap()
     }
 
-    /// Bump the topic's sequence number and announce this instance's change.
+    /// Take the next sequence number and announce this instance's change.
     fn announce(&self, shared: &mut Shared, topic: &str, kind: ChangeKind, key: &str, data: &str) -> u64 {
-        let entry = shared.topics.get_mut(topic).expect("the caller holds this topic");
-        entry.seq += 1;
-        let seq = entry.seq;
+        shared.seq += 1;
+        let seq = shared.seq;
         let change = Change {
             topic: topic.to_owned(),
             instance: self.instance.clone(),
@@ -204,22 +216,27 @@ impl Backend for MemoryBackend {
             return Ok(LeaveOutcome::StillHeld);
         }
         let data = entry.users.remove(key).unwrap_or_else(|| "null".into());
+        if entry.holds.get(&self.instance).is_some_and(|hold| hold.users.is_empty()) {
+            entry.holds.remove(&self.instance);
+        }
         let seq = self.announce(&mut shared, topic, ChangeKind::Leave, key, &data);
+        shared.forget_if_empty(topic);
         Ok(LeaveOutcome::Left { seq, data })
     }
 
     async fn snapshot(&self, topic: &str) -> Result<Snapshot, BackendError> {
         let mut shared = self.lock();
         shared.sweep(topic, now_ms());
+        let seq = shared.seq;
         Ok(shared
             .topics
             .get(topic)
             .map(|data| Snapshot {
-                seq: data.seq,
+                seq,
                 epoch: data.epoch.clone(),
                 users: data.users.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             })
-            .unwrap_or_default())
+            .unwrap_or(Snapshot { seq, ..Snapshot::default() }))
     }
 
     async fn count(&self, topic: &str) -> Result<u64, BackendError> {
@@ -254,9 +271,12 @@ impl Backend for MemoryBackend {
     async fn clear(&self) -> Result<(), BackendError> {
         let mut shared = self.lock();
         let epoch = super::new_instance_id();
-        let topics: Vec<String> = shared.topics.keys().cloned().collect();
+        // Every topic with state, and every topic someone watches (an empty
+        // topic is forgotten, but its observers must still hear the clear).
+        let mut topics: HashSet<String> = shared.topics.keys().cloned().collect();
+        topics.extend(shared.watchers.values().flat_map(|w| w.topics.iter().cloned()));
         for topic in topics {
-            let data = shared.topics.get_mut(&topic).expect("listed above");
+            let data = shared.topics.entry(topic.clone()).or_default();
             data.users.clear();
             data.refs.clear();
             data.holds.clear();
@@ -287,5 +307,32 @@ impl Backend for MemoryBackend {
 
     fn shutdown(&self) {
         self.lock().watchers.remove(&self.instance);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A topic nobody is in is forgotten, and using it again keeps sequence
+    /// numbers increasing (replicas elsewhere must not ignore new events).
+    #[tokio::test]
+    async fn empty_topics_are_forgotten_and_sequence_stays_monotonic() {
+        let store = MemoryStore::new();
+        let backend = store.backend();
+        let ttl = Duration::from_secs(60);
+        let JoinOutcome::Joined { seq: first } = backend.join("t", "a", "{}", None, ttl).await.unwrap() else {
+            panic!("first join")
+        };
+        assert!(matches!(backend.leave("t", "a").await.unwrap(), LeaveOutcome::Left { .. }));
+        assert_eq!(store.shared.lock().unwrap().topics.len(), 0);
+        let JoinOutcome::Joined { seq: again } = backend.join("t", "a", "{}", None, ttl).await.unwrap() else {
+            panic!("join again")
+        };
+        assert!(again > first + 1, "{again} after {first}: the leave took one in between");
+        // An observer-only tick does not leave an empty topic behind either.
+        let topic = TickTopic { topic: "watched".into(), holds: false, epoch: None };
+        backend.tick(&[topic], ttl).await.unwrap();
+        assert_eq!(store.shared.lock().unwrap().topics.len(), 1);
     }
 }
