@@ -255,10 +255,15 @@ async fn clear_resets_everything_and_allows_rejoin(store: Store) {
     a.presence.join(alice.id, "room").await.unwrap();
     b.presence.join(bob.id, "room").await.unwrap();
     b.presence.sync(observer.id, "room").await.unwrap();
+    // An observer of a topic nobody ever joined (no state, only a watcher).
+    let lone_observer = b.connect(json!({"id": "lone"}));
+    b.presence.sync(lone_observer.id, "empty-room").await.unwrap();
     a.presence.clear().await.unwrap();
     assert_eq!(a.presence.count("room").await.unwrap(), 0);
     eventually("b drops its connections", || async {
-        !b.hub.is_subscribed(bob.id, "__presence:room") && !b.hub.is_subscribed(observer.id, "__presence:room")
+        !b.hub.is_subscribed(bob.id, "__presence:room")
+            && !b.hub.is_subscribed(observer.id, "__presence:room")
+            && !b.hub.is_subscribed(lone_observer.id, "__presence:empty-room")
     })
     .await;
     assert!(!a.hub.is_subscribed(alice.id, "__presence:room"));

@@ -272,6 +272,12 @@ impl Backend for RedisBackend {
                 break;
             }
         }
+        // Topics that are only observed have no keys, but their channels have
+        // subscribers: their observers must hear the clear too.
+        let mut channels = redis::cmd("PUBSUB");
+        channels.arg("CHANNELS").arg(format!("{}:{{*", self.prefix));
+        let watched: Vec<String> = self.bounded("clear", channels.query_async(&mut conn)).await?;
+        topics.extend(watched.iter().filter_map(|c| keys::topic_of_channel(&self.prefix, c)).map(str::to_owned));
         let epoch = super::new_instance_id();
         let keep = backstop(Duration::from_secs(3600)).as_millis() as u64;
         let topics: Vec<String> = topics.into_iter().collect();
