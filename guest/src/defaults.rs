@@ -6,51 +6,11 @@ use serde_json::{Map, Value};
 
 const PRESENCE_PREFIX: &str = "__presence:";
 
-/// Field names that mark a secret (matched per word of the name).
-const SECRET_WORDS: &[&str] = &[
-    "token", "secret", "password", "passwd", "auth", "authorization", "session", "cookie", "jwt",
-    "credential", "credentials", "apikey",
-];
-
 /// The default `select`: drop `__`-prefixed and secret-looking fields at
-/// every depth.
+/// every depth (the same function the host uses when there is no plugin).
 pub fn select(user_data: &str) -> Result<String, String> {
     let value: Value = serde_json::from_str(user_data).map_err(|e| format!("user data is not JSON: {e}"))?;
-    Ok(strip(value).to_string())
-}
-
-fn strip(value: Value) -> Value {
-    match value {
-        Value::Object(fields) => Value::Object(
-            fields
-                .into_iter()
-                .filter(|(name, _)| !name.starts_with("__") && !looks_secret(name))
-                .map(|(name, field)| (name, strip(field)))
-                .collect::<Map<_, _>>(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(strip).collect()),
-        other => other,
-    }
-}
-
-fn looks_secret(name: &str) -> bool {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut previous_lower = false;
-    for c in name.chars() {
-        if matches!(c, '_' | '-' | '.' | ' ') {
-            words.push(std::mem::take(&mut word));
-            previous_lower = false;
-            continue;
-        }
-        if c.is_uppercase() && previous_lower {
-            words.push(std::mem::take(&mut word));
-        }
-        previous_lower = c.is_lowercase() || c.is_ascii_digit();
-        word.extend(c.to_lowercase());
-    }
-    words.push(word);
-    words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
+    Ok(presence_public_data::default_select(&value)?.to_string())
 }
 
 /// The built-in subscribe hook.

@@ -105,7 +105,7 @@ macro_rules! export_plugin {
                     <$plugin as $crate::Plugin>::on_close(conn)
                 }
             }
-            $crate::bindings::export!(Exports with_types_in $crate::bindings);
+    $crate::bindings::export!(Exports with_types_in $crate::bindings);
         };
     };
 }
