@@ -80,6 +80,26 @@ fn command_stats(con: &mut redis::Connection) -> (u64, u64) {
     (evalsha, total)
 }
 
+/// Run `op` for every connection, `concurrency` at a time, with Redis's
+/// command statistics reset first: (operations/s, EVALSHA calls, all commands).
+async fn measured_phase<F, Fut>(
+    con: &mut redis::Connection,
+    ids: &[presence::ConnId],
+    concurrency: usize,
+    op: F,
+) -> (f64, u64, u64)
+where
+    F: Fn(usize, presence::ConnId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    reset_stats(con);
+    let started = Instant::now();
+    futures::stream::iter(ids.iter().enumerate()).for_each_concurrent(concurrency, |(i, id)| op(i, *id)).await;
+    let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+    let (evalsha, commands) = command_stats(con);
+    (rate, evalsha, commands)
+}
+
 fn redis_version() -> String {
     let output = Command::new("redis-server").arg("--version").output().expect("redis-server");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -141,31 +161,16 @@ async fn engine(args: &Args) {
         presence.sync(*observer, &topic_of(t)).await.unwrap();
     }
 
-    reset_stats(&mut con);
-    let started = Instant::now();
-    futures::stream::iter(ids.iter().enumerate())
-        .for_each_concurrent(args.concurrency, |(i, id)| {
-            let presence = &presence;
-            let topic = topic_of(i);
-            async move { presence.join(*id, &topic).await.expect("join") }
-        })
-        .await;
-    let join_time = started.elapsed();
-    let (join_evalsha, join_commands) = command_stats(&mut con);
-    let joins_per_s = args.users as f64 / join_time.as_secs_f64();
-
-    reset_stats(&mut con);
-    let started = Instant::now();
-    futures::stream::iter(ids.iter().enumerate())
-        .for_each_concurrent(args.concurrency, |(i, id)| {
-            let presence = &presence;
-            let topic = topic_of(i);
-            async move { presence.leave(*id, Some(&topic)).await.expect("leave") }
-        })
-        .await;
-    let leave_time = started.elapsed();
-    let (leave_evalsha, leave_commands) = command_stats(&mut con);
-    let leaves_per_s = args.users as f64 / leave_time.as_secs_f64();
+    let (joins_per_s, join_evalsha, join_commands) = measured_phase(&mut con, &ids, args.concurrency, |i, id| {
+        let (presence, topic) = (&presence, topic_of(i));
+        async move { presence.join(id, &topic).await.expect("join") }
+    })
+    .await;
+    let (leaves_per_s, leave_evalsha, leave_commands) = measured_phase(&mut con, &ids, args.concurrency, |i, id| {
+        let (presence, topic) = (&presence, topic_of(i));
+        async move { presence.leave(id, Some(&topic)).await.expect("leave") }
+    })
+    .await;
     drop(conns);
 
     let baseline = redis_benchmark_join(server.port(), 200_000);
