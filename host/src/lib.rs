@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //!
-//! - [`engine`]: the seed's API ([`Presence`]) and its semantics — first/last
+//! - [`engine`]: the original extension's API ([`Presence`]) and its semantics — first/last
 //!   local connection counting, local replicas, heartbeat, hooks. Talks to
 //!   clients only through [`Platform`], to storage only through [`Backend`].
 //! - [`backend`]: where the state lives — the [`Backend`] trait,

@@ -1,7 +1,10 @@
 //! A [`Backend`] wrapper that times every call and counts failures, for the
 //! server's metrics; it changes nothing else.
 
-use super::{Backend, BackendError, BackendEvent, JoinOutcome, LeaveOutcome, Snapshot, TickOutcome, TickTopic};
+use super::{
+    Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome, Snapshot, TickReport,
+    TickTopic,
+};
 use crate::metrics::{type_line, Histogram};
 use async_trait::async_trait;
 use std::fmt::Write;
@@ -69,13 +72,22 @@ impl Backend for Measured {
     async fn leave(&self, t: &str, k: &str) -> Result<LeaveOutcome, BackendError> {
         self.time(self.inner.leave(t, k)).await
     }
-    async fn snapshot(&self, t: &str) -> Result<Snapshot, BackendError> {
-        self.time(self.inner.snapshot(t)).await
+    async fn apply(
+        &self,
+        t: &str,
+        e: Option<&str>,
+        ttl: Duration,
+        changes: &[HoldChange<'_>],
+    ) -> Result<Vec<HoldOutcome>, BackendError> {
+        self.time(self.inner.apply(t, e, ttl, changes)).await
+    }
+    async fn snapshot(&self, t: &str, seen: u64) -> Result<Snapshot, BackendError> {
+        self.time(self.inner.snapshot(t, seen)).await
     }
     async fn count(&self, t: &str) -> Result<u64, BackendError> {
         self.time(self.inner.count(t)).await
     }
-    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickOutcome>, BackendError> {
+    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
         self.time(self.inner.tick(topics, ttl)).await
     }
     async fn clear(&self) -> Result<(), BackendError> {
@@ -92,5 +104,8 @@ impl Backend for Measured {
     }
     fn shutdown(&self) {
         self.inner.shutdown()
+    }
+    fn degraded(&self) -> Option<String> {
+        self.inner.degraded()
     }
 }

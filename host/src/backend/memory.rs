@@ -7,7 +7,7 @@
 
 use super::{
     now_ms, Backend, BackendError, BackendEvent, Change, ChangeKind, JoinOutcome, LeaveOutcome, Snapshot, TickOutcome,
-    TickTopic,
+    TickReport, TickTopic,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -206,11 +206,18 @@ impl Backend for MemoryBackend {
     async fn leave(&self, topic: &str, key: &str) -> Result<LeaveOutcome, BackendError> {
         let mut shared = self.lock();
         let Some(entry) = shared.topics.get_mut(topic) else {
-            return Ok(LeaveOutcome::NotHeld);
+            let seq = self.announce(&mut shared, topic, ChangeKind::Leave, key, "null");
+            return Ok(LeaveOutcome::Left { seq, data: "null".into() });
         };
         let held = entry.holds.get_mut(&self.instance).is_some_and(|hold| hold.users.remove(key));
         if !held {
-            return Ok(LeaveOutcome::NotHeld);
+            if entry.users.contains_key(key) {
+                return Ok(LeaveOutcome::NotHeld);
+            }
+            // Nobody shows the user: announce the leave anyway, as leave.lua
+            // does, so a stale replica copy cannot outlive it.
+            let seq = self.announce(&mut shared, topic, ChangeKind::Leave, key, "null");
+            return Ok(LeaveOutcome::Left { seq, data: "null".into() });
         }
         if !release(entry, key) {
             return Ok(LeaveOutcome::StillHeld);
@@ -224,7 +231,7 @@ impl Backend for MemoryBackend {
         Ok(LeaveOutcome::Left { seq, data })
     }
 
-    async fn snapshot(&self, topic: &str) -> Result<Snapshot, BackendError> {
+    async fn snapshot(&self, topic: &str, _seen: u64) -> Result<Snapshot, BackendError> {
         let mut shared = self.lock();
         shared.sweep(topic, now_ms());
         let seq = shared.seq;
@@ -245,27 +252,32 @@ impl Backend for MemoryBackend {
         Ok(shared.topics.get(topic).map_or(0, |data| data.users.len() as u64))
     }
 
-    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickOutcome>, BackendError> {
+    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
         let mut shared = self.lock();
         let now = now_ms();
-        let mut outcomes = Vec::with_capacity(topics.len());
+        let mut reports = Vec::with_capacity(topics.len());
         for item in topics {
             let data = shared.topics.entry(item.topic.clone()).or_default();
             let outcome = match &data.epoch {
                 Some(epoch) if Some(epoch) != item.epoch.as_ref() => TickOutcome::Cleared { epoch: epoch.clone() },
-                _ if !item.holds => TickOutcome::Alive,
+                _ if item.held == 0 => TickOutcome::Alive,
                 _ => match data.holds.get_mut(&self.instance) {
                     Some(hold) => {
                         hold.expires_at = now + ttl.as_millis() as u64;
-                        TickOutcome::Alive
+                        if hold.users.len() < item.held {
+                            TickOutcome::Lost
+                        } else {
+                            TickOutcome::Alive
+                        }
                     }
                     None => TickOutcome::Lost,
                 },
             };
             shared.sweep(&item.topic, now);
-            outcomes.push(outcome);
+            // Events are delivered under the store's lock: a replica cannot drift.
+            reports.push(TickReport { outcome, latest: None });
         }
-        Ok(outcomes)
+        Ok(reports)
     }
 
     async fn clear(&self) -> Result<(), BackendError> {
@@ -331,7 +343,7 @@ mod tests {
         };
         assert!(again > first + 1, "{again} after {first}: the leave took one in between");
         // An observer-only tick does not leave an empty topic behind either.
-        let topic = TickTopic { topic: "watched".into(), holds: false, epoch: None };
+        let topic = TickTopic { topic: "watched".into(), held: 0, epoch: None };
         backend.tick(&[topic], ttl).await.unwrap();
         assert_eq!(store.shared.lock().unwrap().topics.len(), 1);
     }

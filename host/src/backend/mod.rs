@@ -6,6 +6,29 @@
 //! A backend speaks for one *instance*: every hold it takes is that instance's,
 //! and every change it makes is announced to the other instances watching the
 //! topic through [`BackendEvent`]s.
+//!
+//! # Guarantees
+//!
+//! Every backend keeps these; the scripts and the engine name them where they
+//! are served, and `tests/` proves each against a real `redis-server`.
+//!
+//! - **one round trip**: a join and a leave are one atomic step each; a
+//!   heartbeat costs one step per topic, whatever the number of users held.
+//! - **crash expiry**: each instance's hold on a topic expires on its own, so a
+//!   crashed instance's users leave exactly once within `ttl` + one sweep,
+//!   while the other instances keep the topic alive.
+//! - **exactly once**: a user's first hold anywhere announces one `join`, the
+//!   last one released one `leave`; other data from another holder, `updated`.
+//! - **recovery**: after the store lost data (restart, flush, failover), the
+//!   next tick reports the loss and every live user is back within one
+//!   heartbeat; a vanished user's `leave` is still announced.
+//! - **clear sticks**: `clear()` stamps a new epoch; no heartbeat or late
+//!   join made before it brings the old state back.
+//! - **any bytes**: user keys and topics are arbitrary strings, never parsed
+//!   out of a compound name; every key of a topic lives in one cluster slot.
+//! - **one clock**: expiries and sequence numbers are stamped and compared on
+//!   the store's clock, never on an instance's, so a skewed instance clock
+//!   neither flaps its users nor keeps a crashed instance's users alive.
 
 pub mod measured;
 pub mod memory;
@@ -55,12 +78,31 @@ pub enum JoinOutcome {
 /// Result of [`Backend::leave`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaveOutcome {
-    /// Last holder anywhere: `leave` was announced; `data` is what was shown.
+    /// Nobody shows the user any more and `leave` was announced: either this
+    /// was the last holder anywhere (`data` is what was shown), or the user
+    /// had vanished with lost data (`data` is `null`) and the announcement
+    /// lets every replica drop a stale copy.
     Left { seq: u64, data: String },
     /// Another instance still holds the user.
     StillHeld,
-    /// This instance did not hold the user (idempotent leave).
+    /// This instance did not hold the user and another one shows it.
     NotHeld,
+}
+
+/// One change of this instance's hold of one user, for [`Backend::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldChange<'a> {
+    /// Take the hold (or refresh its data): [`Backend::join`].
+    Assert { key: &'a str, data: &'a str },
+    /// Let go of it: [`Backend::leave`].
+    Release { key: &'a str },
+}
+
+/// What one [`HoldChange`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    Asserted(JoinOutcome),
+    Released(LeaveOutcome),
 }
 
 /// A topic's state at one instant: every event with `seq <= self.seq` is in it.
@@ -76,8 +118,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct TickTopic {
     pub topic: String,
-    /// This instance holds users here (else it only observes, and only sweeps).
-    pub holds: bool,
+    /// How many users this instance believes it holds here (0: it only
+    /// observes, and only sweeps). Fewer in the store means holds were lost.
+    pub held: usize,
     pub epoch: Option<String>,
 }
 
@@ -86,11 +129,30 @@ pub struct TickTopic {
 pub enum TickOutcome {
     /// Hold refreshed (or nothing to refresh).
     Alive,
-    /// This instance's hold was gone (data lost, or it was swept after being
-    /// cut off): the engine must re-assert its users with `join`.
+    /// Some or all of this instance's holds were gone (data lost, or the
+    /// instance was swept after being cut off): the engine must re-assert its
+    /// users with `join`. A missing hold is never re-created by the tick.
     Lost,
     /// The topic was cleared: the engine drops its local state of it.
     Cleared { epoch: String },
+}
+
+/// A tick's outcome plus, from a store that can lose events or data, the
+/// topic's state right after it, so an instance can tell whether its replica
+/// has drifted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    pub outcome: TickOutcome,
+    pub latest: Option<Latest>,
+}
+
+/// A topic's state as the store has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latest {
+    /// The newest sequence number (0: the store has none, as after a loss).
+    pub seq: u64,
+    /// How many users the store shows.
+    pub members: u64,
 }
 
 /// A change on a topic, announced by whichever instance made it.
@@ -159,15 +221,39 @@ pub trait Backend: Send + Sync + 'static {
     /// Release this instance's hold of `key` on `topic`.
     async fn leave(&self, topic: &str, key: &str) -> Result<LeaveOutcome, BackendError>;
 
-    /// Sweep expired holds, then read the topic.
-    async fn snapshot(&self, topic: &str) -> Result<Snapshot, BackendError>;
+    /// Several hold changes on one topic, each as [`Backend::join`] or
+    /// [`Backend::leave`] would make it, in one round trip where the backend
+    /// can (Redis pipelines them). One outcome per change, in order.
+    async fn apply(
+        &self,
+        topic: &str,
+        epoch: Option<&str>,
+        ttl: Duration,
+        changes: &[HoldChange<'_>],
+    ) -> Result<Vec<HoldOutcome>, BackendError> {
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            outcomes.push(match *change {
+                HoldChange::Assert { key, data } => {
+                    HoldOutcome::Asserted(self.join(topic, key, data, epoch, ttl).await?)
+                }
+                HoldChange::Release { key } => HoldOutcome::Released(self.leave(topic, key).await?),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Sweep expired holds, then read the topic. `seen` is the newest sequence
+    /// number the caller has seen on it (0: none): if the store's counter is
+    /// behind it (data was lost), the snapshot takes a number above it.
+    async fn snapshot(&self, topic: &str, seen: u64) -> Result<Snapshot, BackendError>;
 
     /// Sweep expired holds, then count the topic's unique users.
     async fn count(&self, topic: &str) -> Result<u64, BackendError>;
 
     /// Refresh this instance's holds and sweep, for every topic given, in one
-    /// pipelined batch. Returns one outcome per topic, in order.
-    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickOutcome>, BackendError>;
+    /// pipelined batch. Returns one report per topic, in order.
+    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError>;
 
     /// Wipe every topic and announce `clear` on each.
     async fn clear(&self) -> Result<(), BackendError>;
@@ -183,6 +269,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stop background work (subscriber, reconnects). Holds are left to expire.
     fn shutdown(&self);
+
+    /// Why the backend cannot deliver events right now (e.g. its subscriber
+    /// is reconnecting), for readiness checks; `None` when it can.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A fresh instance id: 16 random lowercase hex characters.

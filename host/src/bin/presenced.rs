@@ -82,6 +82,7 @@ impl Cli {
             url: url.clone(),
             prefix: self.prefix.clone(),
             timeout: Duration::from_millis(self.redis_timeout_ms),
+            ..RedisOptions::new(url.clone())
         });
         let plugin = self.plugin.as_ref().map(|path| PluginConfig {
             path: path.clone(),

@@ -17,6 +17,8 @@ pub enum Error {
     DataTooLarge { size: usize, limit: usize },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error("{0}; the join is kept and will be made when the backend answers")]
+    Deferred(#[source] BackendError),
     #[error("presence has been destroyed")]
     Destroyed,
 }

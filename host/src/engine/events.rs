@@ -1,15 +1,35 @@
-//! The event pump: applies what other instances did (as the backend reports
-//! it) to the local replicas and shows it to local subscribers. Changes this
-//! instance made were applied when their script replied; their echoes are
-//! ignored here. After the backend's event stream was interrupted, every
-//! watched topic is read again and the difference shown.
+//! The event pump and replica repair. The pump applies what other instances
+//! did (as the backend reports it) to the local replicas and shows it to local
+//! subscribers; changes this instance made were applied when their script
+//! replied, so their echoes are ignored. After the backend's event stream was
+//! interrupted, every watched topic is read again and the difference shown —
+//! once per interruption, however many reports of it arrive meanwhile.
 
+use super::topic::Topic;
 use super::{lock, Inner};
 use crate::backend::BackendEvent;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex as AsyncMutex, Notify};
 
-pub(super) async fn pump(inner: Weak<Inner>, mut events: mpsc::UnboundedReceiver<BackendEvent>) {
+/// How many interruptions were reported, and how many a finished resync covers.
+#[derive(Default)]
+pub(super) struct ResyncCounts {
+    reported: AtomicU64,
+    covered: AtomicU64,
+}
+
+impl ResyncCounts {
+    pub fn pending(&self) -> bool {
+        self.covered.load(Ordering::Acquire) < self.reported.load(Ordering::Acquire)
+    }
+}
+
+/// The backend's event stream, shared so a restarted pump picks it up.
+pub(super) type Events = Arc<AsyncMutex<mpsc::UnboundedReceiver<BackendEvent>>>;
+
+pub(super) async fn pump(inner: Weak<Inner>, events: Events) {
+    let mut events = events.lock().await;
     while let Some(event) = events.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         match event {
@@ -18,48 +38,72 @@ pub(super) async fn pump(inner: Weak<Inner>, mut events: mpsc::UnboundedReceiver
                 if let Some(topic) = topic {
                     let mut state = topic.lock();
                     if !state.detached {
-                        inner.show(&change.topic, &mut state, change.seq, change.kind, &change.key, &change.data);
+                        inner.show(
+                            &change.topic,
+                            &mut state.replica,
+                            change.seq,
+                            change.kind,
+                            &change.key,
+                            &change.data,
+                        );
                     }
                 }
             }
             BackendEvent::Cleared { topic, instance, .. } if instance != inner.backend.instance() => {
                 inner.clear_local(&topic);
             }
+            // Coalesced: a resync already wanted absorbs this one.
             BackendEvent::Resynced => {
-                tokio::spawn(resync(inner));
+                inner.resyncs.reported.fetch_add(1, Ordering::AcqRel);
+                inner.resync_wanted.notify_one()
             }
             _ => {}
         }
     }
 }
 
-/// Re-read every watched topic and show what changed while events were lost.
-async fn resync(inner: Arc<Inner>) {
-    let topics: Vec<_> = lock(&inner.topics).values().filter(|t| t.ready.initialized()).cloned().collect();
-    for topic in topics {
-        match inner.backend.snapshot(&topic.name).await {
-            Ok(snapshot) => {
-                let cleared = {
-                    let mut state = topic.lock();
-                    if state.detached {
-                        continue;
-                    }
-                    if snapshot.epoch.is_some() && snapshot.epoch != state.epoch {
-                        true
-                    } else {
-                        for (kind, key, data) in state.replica.install(&snapshot) {
-                            inner.announce(&topic.name, kind, &key, &data);
-                        }
-                        false
-                    }
-                };
-                if cleared {
-                    inner.clear_local(&topic.name);
-                }
-            }
+/// Re-read every watched topic each time the pump asks for it.
+pub(super) async fn resyncer(inner: Weak<Inner>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let covers = inner.resyncs.reported.load(Ordering::Acquire);
+        let topics: Vec<_> = lock(&inner.topics).values().filter(|t| t.ready.initialized()).cloned().collect();
+        for topic in topics {
+            inner.resync_topic(&topic).await;
+        }
+        inner.resyncs.covered.fetch_max(covers, Ordering::AcqRel);
+        inner.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    /// Read one topic again and show what changed while events were lost.
+    pub(super) async fn resync_topic(&self, topic: &Arc<Topic>) {
+        let seen = topic.lock().replica.high();
+        let snapshot = match self.backend.snapshot(&topic.name, seen).await {
+            Ok(snapshot) => snapshot,
             Err(e) => {
-                tracing::warn!(topic = %topic.name, error = %e, "resync: cannot re-read topic")
+                tracing::warn!(topic = %topic.name, error = %e, "resync: cannot re-read topic");
+                return;
             }
+        };
+        let cleared = {
+            let mut state = topic.lock();
+            if state.detached {
+                return;
+            }
+            if snapshot.epoch.is_some() && snapshot.epoch != state.epoch {
+                true
+            } else {
+                for (kind, key, data) in state.replica.install(&snapshot) {
+                    self.announce(&topic.name, kind, &key, &data);
+                }
+                false
+            }
+        };
+        if cleared {
+            self.clear_local(&topic.name);
         }
     }
 }

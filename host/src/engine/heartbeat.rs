@@ -1,12 +1,22 @@
-//! The heartbeat: every `heartbeat` interval, refresh this instance's holds
-//! and sweep expired ones (one pipelined batch, one call per topic), finish
-//! releases that failed, re-assert users whose holds were lost, leave
-//! connections the platform reports closed, and send each topic's
-//! `heartbeat` envelope (its live keys) to local subscribers.
+//! The heartbeat, every `heartbeat` interval, in this order:
+//!
+//! 1. refresh this instance's holds and sweep expired ones (one pipelined
+//!    batch, one call per topic). It runs on its own: the rest of the tick
+//!    runs in the background and the next refresh never waits for it, so a
+//!    slow store or a long settle cannot delay a refresh past `ttl` and get
+//!    live users swept;
+//! 2. leave connections the platform reports closed;
+//! 3. settle: for each topic, one pipelined batch asserts every user whose
+//!    join is still wanted (deferred, lost with the store's data, uncertain)
+//!    and releases every user whose release is still owed;
+//! 4. repair replicas that drifted from the store (events or data lost);
+//! 5. send each topic's `heartbeat` envelope (its live keys).
 
-use super::topic::Remote;
+use super::membership::Settled;
+use super::topic::{Needed, Remote, Topic};
 use super::{lock, Envelope, Inner};
-use crate::backend::{JoinOutcome, TickOutcome, TickTopic};
+use crate::backend::{HoldOutcome, Latest, TickOutcome, TickReport, TickTopic};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -15,59 +25,130 @@ pub(super) async fn run(inner: Weak<Inner>) {
         Some(inner) => inner.options.heartbeat,
         None => return,
     };
+    let settling = Arc::new(AtomicBool::new(false));
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.tick().await;
+        let refreshed = inner.refresh().await;
+        // One settle at a time; a tick that finds one running skips its own.
+        if !settling.swap(true, Ordering::AcqRel) {
+            let done = ResetOnDrop(settling.clone());
+            tokio::spawn(async move {
+                inner.settle_after(refreshed).await;
+                drop(done);
+            });
+        }
     }
 }
 
+/// Clears the "a settle is running" flag however the settle ends.
+struct ResetOnDrop(Arc<AtomicBool>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// What a refresh found, for the settle that follows it.
+pub(super) struct Refreshed {
+    /// Every topic with local interest.
+    topics: Vec<Arc<Topic>>,
+    /// The watched ones (the refresh covered these), each with its report
+    /// (none if the refresh failed) and the newest sequence number its
+    /// replica had seen before the refresh.
+    ready: Vec<(Arc<Topic>, Option<TickReport>, u64)>,
+}
+
 impl Inner {
+    /// A whole heartbeat, awaited: refresh, then settle.
     pub(super) async fn tick(&self) {
+        let refreshed = self.refresh().await;
+        self.settle_after(refreshed).await;
+    }
+
+    /// Step 1: refresh holds and sweep, one pipelined batch.
+    pub(super) async fn refresh(&self) -> Refreshed {
+        let topics: Vec<Arc<Topic>> =
+            if self.check_alive().is_ok() { lock(&self.topics).values().cloned().collect() } else { Vec::new() };
+        let ready: Vec<&Arc<Topic>> = topics.iter().filter(|t| t.ready.initialized()).collect();
+        let mut seen_before = Vec::with_capacity(ready.len());
+        let items: Vec<TickTopic> = ready
+            .iter()
+            .map(|t| {
+                let held = t.believed_held();
+                let state = t.lock();
+                seen_before.push(state.replica.high());
+                TickTopic { topic: t.name.clone(), held, epoch: state.epoch.clone() }
+            })
+            .collect();
+        let mut reports = match items.is_empty() {
+            true => Vec::new(),
+            false => match self.backend.tick(&items, self.options.ttl).await {
+                Ok(reports) => reports,
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat: cannot refresh holds");
+                    Vec::new()
+                }
+            },
+        }
+        .into_iter();
+        let ready = ready.into_iter().zip(seen_before).map(|(t, seen)| (t.clone(), reports.next(), seen)).collect();
+        Refreshed { topics, ready }
+    }
+
+    /// Steps 2–5.
+    pub(super) async fn settle_after(&self, refreshed: Refreshed) {
         if self.check_alive().is_err() {
             return;
         }
-        // Connections the platform lost without telling us.
+        let Refreshed { topics, ready } = refreshed;
+        // 2. Connections the platform lost without telling us.
         let closed: Vec<_> = lock(&self.conns).keys().copied().filter(|c| !self.platform.is_open(*c)).collect();
         for conn in closed {
             let _ = self.leave_all(conn).await;
         }
 
-        let topics: Vec<_> = lock(&self.topics).values().filter(|t| t.ready.initialized()).cloned().collect();
-        for topic in &topics {
-            self.settle(topic).await;
-        }
-
-        let items: Vec<TickTopic> = topics
-            .iter()
-            .map(|t| {
-                let state = t.lock();
-                TickTopic { topic: t.name.clone(), holds: !state.slots.is_empty(), epoch: state.epoch.clone() }
-            })
-            .collect();
-        match self.backend.tick(&items, self.options.ttl).await {
-            Ok(outcomes) => {
-                for (topic, outcome) in topics.iter().zip(outcomes) {
-                    match outcome {
-                        TickOutcome::Alive => {}
-                        TickOutcome::Lost => {
-                            tracing::info!(topic = %topic.name, "heartbeat: hold lost; re-asserting users");
-                            for (_, slot) in topic.slots() {
-                                slot.lock().await.remote = Remote::Unknown;
-                            }
-                            self.settle(topic).await;
+        // 3. Settle, and 4. repair drifted replicas.
+        for (topic, report, seen_before) in &ready {
+            match report.as_ref().map(|r| &r.outcome) {
+                Some(TickOutcome::Cleared { .. }) => {
+                    self.clear_local(&topic.name);
+                    continue;
+                }
+                Some(TickOutcome::Lost) => {
+                    tracing::info!(topic = %topic.name, "heartbeat: holds lost; re-asserting users");
+                    for (_, slot) in topic.slots() {
+                        let mut slot = slot.lock().await;
+                        if slot.remote == Remote::Held {
+                            slot.remote = Remote::Unknown;
                         }
-                        TickOutcome::Cleared { .. } => self.clear_local(&topic.name),
                     }
                 }
+                Some(TickOutcome::Alive) | None => {}
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat: cannot refresh holds"),
+            if self.settle(topic).await == Settled::Cleared {
+                self.clear_local(&topic.name);
+                continue;
+            }
+            if let Some(latest) = report.as_ref().and_then(|r| r.latest) {
+                if self.drifted(topic, latest, *seen_before) {
+                    self.resync_topic(topic).await;
+                }
+            }
+        }
+        // Topics whose first join or sync could not reach the store.
+        for topic in topics.iter().filter(|t| !t.ready.initialized() && !t.is_idle()) {
+            if self.ready(topic).await.is_ok() && self.settle(topic).await == Settled::Cleared {
+                self.clear_local(&topic.name);
+            }
         }
 
+        // 5. Heartbeat envelopes.
         let tombstone_age = (self.options.heartbeat * 2).max(Duration::from_secs(5));
-        for topic in &topics {
+        for (topic, _, _) in &ready {
             let mut state = topic.lock();
             state.replica.prune(tombstone_age);
             if !state.detached && !state.replica.is_empty() {
@@ -75,6 +156,7 @@ impl Inner {
                 self.platform.publish(&super::presence_topic(&topic.name), &Envelope::heartbeat(&topic.name, keys));
             }
         }
+        drop(ready);
         drop(topics);
         let names: Vec<String> = lock(&self.topics).keys().cloned().collect();
         for name in names {
@@ -82,51 +164,73 @@ impl Inner {
         }
     }
 
-    /// Bring every slot of the topic whose backend state is uncertain back in
-    /// line: re-assert users that still have connections, release the rest.
-    async fn settle(&self, topic: &Arc<super::Topic>) {
+    /// Apply every hold change the topic's slots still need, in one batch.
+    /// Slots busy with a call of their own are left to it.
+    async fn settle(&self, topic: &Topic) -> Settled {
+        let mut owed = Vec::new();
         for (key, slot) in topic.slots() {
-            let mut slot = slot.lock().await;
-            if slot.remote != Remote::Unknown {
-                continue;
-            }
-            match slot.wanted().map(str::to_owned) {
-                Some(data) => {
-                    let epoch = topic.epoch();
-                    match self.backend.join(&topic.name, &key, &data, epoch.as_deref(), self.options.ttl).await {
-                        Ok(JoinOutcome::StaleEpoch { .. }) => {
-                            drop(slot);
-                            self.clear_local(&topic.name);
-                            return;
-                        }
-                        Ok(outcome) => {
-                            slot.remote = Remote::Held;
-                            slot.shown = Some(data.clone());
-                            self.show_join(topic, &key, &data, &outcome);
-                        }
-                        Err(e) => {
-                            tracing::warn!(topic = %topic.name, error = %e, "heartbeat: re-assert failed")
-                        }
-                    }
+            if let Ok(guard) = slot.try_lock_owned() {
+                if let Some(needed) = guard.needed() {
+                    owed.push((key, guard, needed));
                 }
-                None => match self.backend.leave(&topic.name, &key).await {
-                    Ok(outcome) => {
-                        slot.remote = Remote::Absent;
-                        slot.shown = None;
-                        if let crate::backend::LeaveOutcome::Left { seq, data } = outcome {
-                            let mut state = topic.lock();
-                            if !state.detached {
-                                self.show(&topic.name, &mut state, seq, crate::backend::ChangeKind::Leave, &key, &data);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %topic.name, error = %e, "heartbeat: release failed")
-                    }
-                },
+            }
+        }
+        if owed.is_empty() {
+            return Settled::Done;
+        }
+        let changes: Vec<_> = owed.iter().map(|(key, _, needed)| needed.as_change(key)).collect();
+        let epoch = topic.epoch();
+        let outcomes = self.backend.apply(&topic.name, epoch.as_deref(), self.options.ttl, &changes).await;
+        drop(changes);
+        let mut settled = Settled::Done;
+        let mut failure = None;
+        for (i, (key, mut slot, needed)) in owed.into_iter().enumerate() {
+            let outcome: Result<HoldOutcome, _> = match &outcomes {
+                Ok(outcomes) => Ok(outcomes[i].clone()),
+                Err(e) => Err(e.clone()),
+            };
+            let releasing = needed == Needed::Release;
+            match self.record(topic, &key, &mut slot, needed, outcome) {
+                Ok(Settled::Cleared) => settled = Settled::Cleared,
+                Ok(Settled::Done) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
             drop(slot);
-            topic.forget_slot(&key);
+            if releasing {
+                topic.forget_slot(&key);
+            }
         }
+        if let Some(e) = failure {
+            tracing::warn!(topic = %topic.name, error = %e, "heartbeat: cannot settle holds; retrying next tick");
+        }
+        settled
+    }
+
+    /// Whether the replica no longer matches the store: the store is behind
+    /// what this instance had seen before the tick (it lost data), or it shows
+    /// another number of members at the same sequence number, or the replica
+    /// stayed behind the same sequence number for two ticks (events lost).
+    fn drifted(&self, topic: &Topic, latest: Latest, seen_before: u64) -> bool {
+        let mut state = topic.lock();
+        if state.detached {
+            return false;
+        }
+        let high = state.replica.high();
+        let drifted = if latest.seq < seen_before {
+            true
+        } else if latest.seq == high {
+            latest.members != state.replica.len() as u64
+        } else if latest.seq > high {
+            // Events may still be on their way; the same gap next tick is a loss.
+            state.behind_at.replace(latest.seq) == Some(latest.seq)
+        } else {
+            false // this instance changed the topic since the tick read it
+        };
+        if drifted || latest.seq <= high {
+            state.behind_at = None;
+        }
+        drifted
     }
 }

@@ -1,4 +1,4 @@
-//! The engine's options (the seed's `key`, `select`, `heartbeat`, `ttl`, plus
+//! The engine's options (the original extension's `key`, `select`, `heartbeat`, `ttl`, plus
 //! limits) and their validation.
 
 use super::Error;

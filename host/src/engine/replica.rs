@@ -5,8 +5,12 @@
 //! Every change carries the topic's sequence number; the replica remembers,
 //! per key, the newest one it applied (keeping a short-lived tombstone for
 //! keys that left), and a snapshot taken at sequence `S` covers everything up
-//! to `S`. A change is applied — and shown to clients — only if it is newer
-//! than both, so each change is shown exactly once and in per-user order.
+//! to `S`. A change is applied only if it is newer than both, and shown to
+//! clients only if it changes what they see: a `join` for a user already shown
+//! with the same data (a re-assert after the store lost data) shows nothing,
+//! one with other data shows `updated`, a `leave` of a user not shown shows
+//! nothing. So each client's stream stays consistent: `join` only for users it
+//! does not list, `leave` only for users it does.
 
 use super::envelope::member_json;
 use crate::backend::{ChangeKind, Snapshot};
@@ -18,6 +22,10 @@ pub(crate) struct Replica {
     entries: HashMap<String, Entry>,
     /// Sequence number of the newest snapshot installed.
     floor: u64,
+    /// The newest sequence number applied or installed.
+    high: u64,
+    /// Members present (entries that are not tombstones).
+    present: usize,
 }
 
 struct Entry {
@@ -40,14 +48,38 @@ impl Entry {
 pub(crate) type Shown = (ChangeKind, String, String);
 
 impl Replica {
-    /// Apply one change; true if it was new (and so must be shown).
-    pub fn apply(&mut self, seq: u64, kind: ChangeKind, key: &str, data: &str) -> bool {
+    /// Apply one change; returns what clients must be shown, if anything
+    /// (for a `leave`, with the data they were shown).
+    pub fn apply(&mut self, seq: u64, kind: ChangeKind, key: &str, data: &str) -> Option<(ChangeKind, String)> {
         if seq <= self.floor || self.entries.get(key).is_some_and(|e| e.seq >= seq) {
-            return false;
+            return None;
         }
-        let data = (kind != ChangeKind::Leave).then(|| data.to_owned());
-        self.entries.insert(key.to_owned(), Entry::new(seq, key, data));
-        true
+        self.high = self.high.max(seq);
+        let new = (kind != ChangeKind::Leave).then(|| data.to_owned());
+        let old = self.entries.insert(key.to_owned(), Entry::new(seq, key, new)).and_then(|e| e.data);
+        match (kind, old) {
+            (ChangeKind::Leave, Some(old)) => {
+                self.present -= 1;
+                Some((ChangeKind::Leave, old))
+            }
+            (ChangeKind::Leave, None) => None,
+            (_, None) => {
+                self.present += 1;
+                Some((ChangeKind::Join, data.to_owned()))
+            }
+            (_, Some(old)) if old == data => None,
+            (_, Some(_)) => Some((ChangeKind::Updated, data.to_owned())),
+        }
+    }
+
+    /// The newest sequence number this replica reflects.
+    pub fn high(&self) -> u64 {
+        self.high
+    }
+
+    /// How many members it shows.
+    pub fn len(&self) -> usize {
+        self.present
     }
 
     /// Merge a snapshot; returns what changed, for local subscribers.
@@ -83,6 +115,8 @@ impl Replica {
             false
         });
         self.floor = self.floor.max(floor);
+        self.high = self.high.max(floor);
+        self.present = self.entries.values().filter(|e| e.data.is_some()).count();
         shown
     }
 
@@ -105,7 +139,7 @@ impl Replica {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members().next().is_none()
+        self.present == 0
     }
 
     /// Forget tombstones older than `age`: by then no delayed event is in flight.
@@ -128,22 +162,36 @@ mod tests {
     #[test]
     fn late_old_events_are_ignored() {
         let mut r = Replica::default();
-        assert!(r.apply(5, Join, "a", "1"));
-        assert!(!r.apply(4, Leave, "a", "1"));
+        assert_eq!(r.apply(5, Join, "a", "1"), Some((Join, "1".into())));
+        assert_eq!(r.apply(4, Leave, "a", "1"), None);
         assert_eq!(r.members().collect::<Vec<_>>(), vec![("a", "1")]);
-        assert!(r.apply(6, Leave, "a", "1"));
-        assert!(!r.apply(5, Join, "a", "1"));
+        assert_eq!(r.apply(6, Leave, "a", "null"), Some((Leave, "1".into())), "the leave shows the data shown");
+        assert_eq!(r.apply(5, Join, "a", "1"), None);
         assert!(r.is_empty());
+    }
+
+    /// A re-assert (new sequence number, same user) after the store lost its
+    /// data shows nothing for a user already listed, `updated` for new data;
+    /// a leave of a user not listed shows nothing. Clients never see a second
+    /// `join` for a user they list, nor a `leave` for one they do not.
+    #[test]
+    fn only_changes_clients_can_see_are_shown() {
+        let mut r = Replica::default();
+        assert_eq!(r.apply(1, Join, "a", "1"), Some((Join, "1".into())));
+        assert_eq!(r.apply(9, Join, "a", "1"), None);
+        assert_eq!(r.apply(10, Join, "a", "2"), Some((Updated, "2".into())));
+        assert_eq!(r.apply(11, Leave, "ghost", "null"), None);
+        assert_eq!((r.len(), r.high()), (1, 11));
     }
 
     /// A snapshot neither loses nor doubles events that raced with it.
     #[test]
     fn snapshot_merges_with_racing_events() {
         let mut r = Replica::default();
-        assert!(r.apply(12, Join, "late", "2")); // arrived before the snapshot (seq 10) was read
+        assert!(r.apply(12, Join, "late", "2").is_some()); // arrived before the snapshot (seq 10) was read
         let shown = r.install(&snapshot(10, &[("a", "1")]));
         assert_eq!(shown, vec![(Join, "a".into(), "1".into())]);
-        assert!(!r.apply(9, Join, "b", "3")); // covered by the snapshot
+        assert!(r.apply(9, Join, "b", "3").is_none()); // covered by the snapshot
         let mut members: Vec<_> = r.members().collect();
         members.sort();
         assert_eq!(members, vec![("a", "1"), ("late", "2")]);

@@ -30,18 +30,38 @@ pub(crate) struct TopicState {
     pub observers: HashSet<ConnId>,
     /// Removed from the engine by a clear: nothing may be registered here.
     pub detached: bool,
+    /// The store's newest sequence number when the last tick found the
+    /// replica behind it; behind the same number twice means events were lost.
+    pub behind_at: Option<u64>,
+}
+
+/// One local connection of a user.
+pub(crate) struct SlotConn {
+    pub conn: ConnId,
+    /// The public data it joined with.
+    pub data: String,
+    /// It has received the topic's `list` (and its events since). A join the
+    /// store could not take yet is listed once the heartbeat asserts it.
+    pub listed: bool,
 }
 
 /// One user's local connections on one topic.
 #[derive(Default)]
 pub(crate) struct Slot {
-    /// Oldest first, each with the public data it joined with; the newest
-    /// connection's data is what the user shows.
-    pub conns: Vec<(ConnId, String)>,
+    /// Oldest first; the newest connection's data is what the user shows.
+    pub conns: Vec<SlotConn>,
     /// What the backend holds for this instance.
     pub remote: Remote,
     /// The data this instance last stored for the user.
     pub shown: Option<String>,
+}
+
+/// What the store must be told so it matches a slot's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Needed {
+    /// Take (or re-take, or update) the hold with this data.
+    Assert(String),
+    Release,
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +77,31 @@ pub(crate) enum Remote {
 impl Slot {
     /// The data the user should show: its newest connection's.
     pub fn wanted(&self) -> Option<&str> {
-        self.conns.last().map(|(_, data)| data.as_str())
+        self.conns.last().map(|c| c.data.as_str())
+    }
+
+    /// The one decision behind every transition: connections left and the
+    /// store does not show exactly their data → assert; none left and the
+    /// store may still hold the user → release; otherwise nothing.
+    pub fn needed(&self) -> Option<Needed> {
+        match self.wanted() {
+            Some(data) if self.remote != Remote::Held || self.shown.as_deref() != Some(data) => {
+                Some(Needed::Assert(data.to_owned()))
+            }
+            None if self.remote != Remote::Absent => Some(Needed::Release),
+            _ => None,
+        }
+    }
+
+    pub fn has(&self, conn: ConnId) -> bool {
+        self.conns.iter().any(|c| c.conn == conn)
+    }
+
+    /// Take a connection out; false if it was not here.
+    pub fn remove(&mut self, conn: ConnId) -> bool {
+        let before = self.conns.len();
+        self.conns.retain(|c| c.conn != conn);
+        self.conns.len() != before
     }
 
     pub fn is_unused(&self) -> bool {
@@ -110,6 +154,13 @@ impl Topic {
 
     pub fn slots(&self) -> Vec<(String, Arc<AsyncMutex<Slot>>)> {
         self.lock().slots.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
+    }
+
+    /// How many users this instance believes the store holds for it here.
+    /// A slot busy with a call is not counted (an undercount never reports a
+    /// false loss; the next tick counts it).
+    pub fn believed_held(&self) -> usize {
+        self.lock().slots.values().filter(|s| s.try_lock().is_ok_and(|s| s.remote == Remote::Held)).count()
     }
 }
 

@@ -16,8 +16,8 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready to serve: Redis answers (when configured) and a plugin is loaded
-/// (when configured).
+/// Ready to serve: Redis answers (when configured), the engine's background
+/// tasks run and its events flow, and a plugin is loaded (when configured).
 pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned());
@@ -29,6 +29,9 @@ pub(super) async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoRespon
         if !matches!(ping, Ok(Ok(_))) {
             return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n".to_owned());
         }
+    }
+    if let Some(reason) = shared.presence.unready_reason() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
     }
     if let Some(plugin) = &shared.plugin {
         if plugin.generation() == 0 {

@@ -32,6 +32,10 @@ pub fn render(shared: &Shared) -> String {
     line("presence_slow_client_disconnects_total", "counter", shared.hub.overflows().to_string());
     line("presence_topics", "gauge", shared.presence.local_topics().to_string());
     let stats = shared.presence.stats();
+    let health = shared.presence.health();
+    line("presence_task_restarts_total", "counter", health.restarts.to_string());
+    line("presence_resyncs_total", "counter", stats.resyncs.load(Relaxed).to_string());
+    line("presence_tasks_down", "gauge", health.down.len().to_string());
     type_line(&mut out, "presence_events_total", "counter");
     for (event, counter) in [("join", &stats.joins), ("leave", &stats.leaves), ("updated", &stats.updates)] {
         let _ = writeln!(out, "presence_events_total{{event=\"{event}\"}} {}", counter.load(Relaxed));

@@ -1,5 +1,5 @@
 -- clear.lua: wipe one topic and stamp it with a new epoch, so no instance's
--- heartbeat or late join brings the old state back (property 5).
+-- heartbeat or late join brings the old state back ("clear sticks").
 --
 -- KEYS: 1 users, 2 refs, 3 inst, 4 seq, 5 epoch
 -- ARGV: 1 instance id, 2 new epoch token, 3 backstop (ms), 4 channel,

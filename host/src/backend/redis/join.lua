@@ -1,22 +1,25 @@
--- join.lua: this instance takes its first local connection of a user on a topic
--- (or that user's public data changed). One round trip (property 1).
+-- join.lua: this instance asserts its hold of a user on a topic: its first local
+-- connection, a change of the user's public data, or a re-assert after a loss.
+-- One round trip ("one round trip").
 --
 -- KEYS: 1 users, 2 refs, 3 inst, 4 held:<this instance>, 5 seq, 6 epoch
--- ARGV: 1 instance id, 2 user key, 3 public data (JSON), 4 now (ms), 5 ttl (ms),
---       6 backstop (ms), 7 epoch this instance knows ('' = none), 8 channel
+-- ARGV: 1 instance id, 2 user key, 3 public data (JSON), 4 ttl (ms),
+--       5 backstop (ms), 6 epoch this instance knows ('' = none), 7 channel
 -- Reply: {'join'|'updated', seq} | {'same', 0} | {'stale', epoch}
 --
--- Property 3: only the first holder anywhere publishes `join`; a later holder
--- publishes `updated` when its data differs, nothing otherwise.
--- Property 5: a join made by an instance that missed a clear() is refused
+-- "exactly once": only the first holder anywhere publishes `join`; a later
+-- holder publishes `updated` when its data differs, nothing otherwise.
+-- "clear sticks": a join made by an instance that missed a clear() is refused
 -- ('stale'), so that instance drops its pre-clear state instead of reviving it.
+-- "one clock": the hold's expiry is stamped with Redis's clock.
 local instance, user, data = ARGV[1], ARGV[2], ARGV[3]
-local now, ttl, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local known_epoch, channel = ARGV[7], ARGV[8]
+local ttl, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+local known_epoch, channel = ARGV[6], ARGV[7]
 
 local epoch = redis.call('GET', KEYS[6])
 if epoch and epoch ~= known_epoch then return {'stale', epoch} end
 
+local now = redis_now()
 redis.call('ZADD', KEYS[3], now + ttl, instance)
 local kind
 if redis.call('SADD', KEYS[4], user) == 1 and redis.call('HINCRBY', KEYS[2], user, 1) == 1 then

@@ -15,8 +15,12 @@
 //! - The subscriber reconnects by itself, subscribes its channels again and
 //!   emits [`BackendEvent::Resynced`] so the engine re-reads its topics.
 //! - Scripts lost with a restart (NOSCRIPT) are loaded again transparently.
-//! - A Redis that came back empty is noticed by the next heartbeat tick
-//!   ([`TickOutcome::Lost`]) and the engine re-asserts its users.
+//! - A Redis that came back empty (or lost some writes) is noticed by the next
+//!   heartbeat tick ([`TickOutcome::Lost`]: fewer users held than the instance
+//!   believes) and the engine re-asserts its users, pipelined.
+//! - Expiries use Redis's clock (`TIME` inside the scripts). The instance's own
+//!   clock is only compared with it, to warn when it is far off
+//!   ([`RedisBackend::clock_skew`]).
 
 mod keys;
 mod scripts;
@@ -25,17 +29,21 @@ mod subscriber;
 pub use keys::TopicKeys;
 
 use super::{
-    backstop, now_ms, Backend, BackendError, BackendEvent, JoinOutcome, LeaveOutcome, Snapshot, TickOutcome, TickTopic,
+    backstop, now_ms, Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome,
+    Snapshot, TickReport, TickTopic,
 };
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use subscriber::{Command, Subscriber};
 use tokio::sync::{mpsc, oneshot};
+
+type ScriptCall = redis::ScriptInvocation<'static>;
 
 /// How to reach Redis and name our keys.
 #[derive(Debug, Clone)]
@@ -46,13 +54,21 @@ pub struct RedisOptions {
     pub prefix: String,
     /// Bound on every Redis call (connect, command, subscribe).
     pub timeout: Duration,
+    /// Tests only: pretend this instance's clock is off by this many
+    /// milliseconds (what a host with a wrong clock would report).
+    #[doc(hidden)]
+    pub clock_offset_ms: i64,
 }
 
 impl RedisOptions {
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), prefix: "presence".into(), timeout: Duration::from_secs(2) }
+        Self { url: url.into(), prefix: "presence".into(), timeout: Duration::from_secs(2), clock_offset_ms: 0 }
     }
 }
+
+/// How far off an instance's clock may be before it is logged: expiries do
+/// not depend on it, but the plugin clock and the logs do.
+const SKEW_WARNING_MS: i64 = 1000;
 
 /// Presence state in Redis, speaking for one instance.
 pub struct RedisBackend {
@@ -62,6 +78,9 @@ pub struct RedisBackend {
     timeout: Duration,
     subscriber: Subscriber,
     events: Mutex<Option<mpsc::UnboundedReceiver<BackendEvent>>>,
+    clock_offset_ms: i64,
+    /// This instance's clock minus Redis's, as of the last tick (ms).
+    skew_ms: AtomicI64,
 }
 
 fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
@@ -115,7 +134,45 @@ impl RedisBackend {
             timeout: options.timeout,
             subscriber,
             events: Mutex::new(Some(rx)),
+            clock_offset_ms: options.clock_offset_ms,
+            skew_ms: AtomicI64::new(0),
         })
+    }
+
+    /// This instance's clock minus Redis's, in ms, as measured by the last
+    /// heartbeat (0 before the first). Presence does not depend on it.
+    pub fn clock_skew(&self) -> i64 {
+        self.skew_ms.load(Ordering::Relaxed)
+    }
+
+    fn local_now_ms(&self) -> u64 {
+        now_ms().saturating_add_signed(self.clock_offset_ms)
+    }
+
+    fn note_skew(&self, redis_now: u64, local_now: u64) {
+        let skew = local_now as i64 - redis_now as i64;
+        let before = self.skew_ms.swap(skew, Ordering::Relaxed);
+        if skew.abs() > SKEW_WARNING_MS && before.abs() <= SKEW_WARNING_MS {
+            tracing::warn!(skew_ms = skew, "this instance's clock is off from Redis's; presence uses Redis's clock");
+        }
+    }
+
+    fn join_call(&self, topic: &str, key: &str, data: &str, epoch: Option<&str>, ttl: Duration) -> ScriptCall {
+        let k = self.keys(topic);
+        let mut call = scripts::JOIN.prepare_invoke();
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq).key(&k.epoch);
+        call.arg(&self.instance).arg(key).arg(data).arg(ttl.as_millis() as u64);
+        call.arg(backstop(ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
+        call
+    }
+
+    fn leave_call(&self, topic: &str, key: &str) -> ScriptCall {
+        let k = self.keys(topic);
+        let mut call = scripts::LEAVE.prepare_invoke();
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq);
+        // The backstop only needs to outlive the other holders' next tick.
+        call.arg(&self.instance).arg(key).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(&k.channel);
+        call
     }
 
     /// The SHA1 of each script by operation name, for tools that call the
@@ -155,11 +212,7 @@ impl RedisBackend {
         }
     }
 
-    async fn invoke<T: FromRedisValue>(
-        &self,
-        op: &'static str,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> Result<T, BackendError> {
+    async fn invoke<T: FromRedisValue>(&self, op: &'static str, invocation: ScriptCall) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
         self.bounded(op, invocation.invoke_async(&mut conn)).await
     }
@@ -197,31 +250,53 @@ impl Backend for RedisBackend {
         epoch: Option<&str>,
         ttl: Duration,
     ) -> Result<JoinOutcome, BackendError> {
-        let k = self.keys(topic);
-        let mut call = scripts::JOIN.prepare_invoke();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq).key(&k.epoch);
-        call.arg(&self.instance).arg(key).arg(data).arg(now_ms()).arg(ttl.as_millis() as u64);
-        call.arg(backstop(ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
-        let scripts::JoinReply(outcome) = self.invoke("join", call).await?;
+        let scripts::JoinReply(outcome) = self.invoke("join", self.join_call(topic, key, data, epoch, ttl)).await?;
         Ok(outcome)
     }
 
     async fn leave(&self, topic: &str, key: &str) -> Result<LeaveOutcome, BackendError> {
-        let k = self.keys(topic);
-        let mut call = scripts::LEAVE.prepare_invoke();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq);
-        // The backstop only needs to outlive the other holders' next tick.
-        let keep = backstop(Duration::from_secs(60)).as_millis() as u64;
-        call.arg(&self.instance).arg(key).arg(now_ms()).arg(keep).arg(&k.channel);
-        let scripts::LeaveReply(outcome) = self.invoke("leave", call).await?;
+        let scripts::LeaveReply(outcome) = self.invoke("leave", self.leave_call(topic, key)).await?;
         Ok(outcome)
     }
 
-    async fn snapshot(&self, topic: &str) -> Result<Snapshot, BackendError> {
+    async fn apply(
+        &self,
+        topic: &str,
+        epoch: Option<&str>,
+        ttl: Duration,
+        changes: &[HoldChange<'_>],
+    ) -> Result<Vec<HoldOutcome>, BackendError> {
+        let mut outcomes = Vec::with_capacity(changes.len());
+        // Bounded batches keep each round trip well inside the timeout.
+        for batch in changes.chunks(512) {
+            let mut pipe = redis::pipe();
+            for change in batch {
+                pipe.invoke_script(&match *change {
+                    HoldChange::Assert { key, data } => self.join_call(topic, key, data, epoch, ttl),
+                    HoldChange::Release { key } => self.leave_call(topic, key),
+                });
+            }
+            let replies: Vec<redis::Value> = self.pipeline("apply", &pipe).await?;
+            for (change, reply) in batch.iter().zip(replies) {
+                let parsed = match change {
+                    HoldChange::Assert { .. } => {
+                        scripts::JoinReply::from_redis_value(reply).map(|r| HoldOutcome::Asserted(r.0))
+                    }
+                    HoldChange::Release { .. } => {
+                        scripts::LeaveReply::from_redis_value(reply).map(|r| HoldOutcome::Released(r.0))
+                    }
+                };
+                outcomes.push(parsed.map_err(|e| BackendError::Protocol { op: "apply", reason: e.to_string() })?);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn snapshot(&self, topic: &str, seen: u64) -> Result<Snapshot, BackendError> {
         let k = self.keys(topic);
         let mut call = scripts::SNAPSHOT.prepare_invoke();
         call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.seq).key(&k.epoch);
-        call.arg(now_ms()).arg(&k.channel).arg(&k.held_prefix);
+        call.arg(&k.channel).arg(&k.held_prefix).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(seen);
         let scripts::SnapshotReply(snapshot) = self.invoke("snapshot", call).await?;
         Ok(snapshot)
     }
@@ -230,30 +305,33 @@ impl Backend for RedisBackend {
         let k = self.keys(topic);
         let mut call = scripts::COUNT.prepare_invoke();
         call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.seq);
-        call.arg(now_ms()).arg(&k.channel).arg(&k.held_prefix);
+        call.arg(&k.channel).arg(&k.held_prefix);
         self.invoke("count", call).await
     }
 
-    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickOutcome>, BackendError> {
-        let mut outcomes = Vec::with_capacity(topics.len());
-        let now = now_ms();
+    async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
+        let mut reports = Vec::with_capacity(topics.len());
         // Bounded batches keep each round trip well inside the timeout.
         for batch in topics.chunks(512) {
+            let local_now = self.local_now_ms();
             let mut pipe = redis::pipe();
             for item in batch {
                 let k = self.keys(&item.topic);
                 let mut call = scripts::TICK.prepare_invoke();
                 call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance));
                 call.key(&k.seq).key(&k.epoch);
-                call.arg(&self.instance).arg(now).arg(ttl.as_millis() as u64);
-                call.arg(backstop(ttl).as_millis() as u64).arg(item.epoch.as_deref().unwrap_or(""));
-                call.arg(&k.channel).arg(if item.holds { "1" } else { "0" }).arg(&k.held_prefix);
+                call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(backstop(ttl).as_millis() as u64);
+                call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held);
+                call.arg(&k.held_prefix).arg(local_now);
                 pipe.invoke_script(&call);
             }
             let replies: Vec<scripts::TickReply> = self.pipeline("tick", &pipe).await?;
-            outcomes.extend(replies.into_iter().map(|scripts::TickReply(outcome)| outcome));
+            if let Some(scripts::TickReply(_, redis_now)) = replies.first() {
+                self.note_skew(*redis_now, local_now);
+            }
+            reports.extend(replies.into_iter().map(|scripts::TickReply(report, _)| report));
         }
-        Ok(outcomes)
+        Ok(reports)
     }
 
     async fn clear(&self) -> Result<(), BackendError> {
@@ -318,5 +396,9 @@ impl Backend for RedisBackend {
 
     fn shutdown(&self) {
         self.subscriber.stop();
+    }
+
+    fn degraded(&self) -> Option<String> {
+        (!self.subscriber.is_connected()).then(|| "the Redis subscriber is reconnecting".to_owned())
     }
 }

@@ -1,19 +1,36 @@
 -- prelude.lua: helpers shared by every presence script (prepended at load time).
+-- The guarantees named in these headers are listed in the backend module's docs
+-- (host/src/backend/mod.rs, "Guarantees").
 --
 -- Key layout for one topic T (every key carries the hash tag {T}, so one topic
--- lives in one cluster slot — property 6):
+-- lives in one cluster slot — "any bytes"):
 --   users  hash   user key -> public data (JSON) currently shown for that user
 --   refs   hash   user key -> how many instances hold the user on T
---   inst   zset   instance id -> expiry (ms) of that instance's hold on T
+--   inst   zset   instance id -> expiry (ms, Redis clock) of that instance's hold on T
 --   held:I set    user keys instance I holds on T (I is 16 hex chars, never parsed)
 --   seq    string last sequence number handed out on T (hybrid logical clock)
 --   epoch  string token replaced by clear(); absent until the first clear
 -- Events go to the channel of T as JSON: {"i":instance,"s":seq,"e":kind,...}.
 
--- Next sequence number: max(previous + 1, now_ms * 1024). Monotonic even when
--- Redis restarts empty, so replicas never mistake new events for old ones.
+-- Milliseconds on Redis's own clock ("one clock"): every expiry is stamped and
+-- compared with it, so instances' clocks never matter.
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Next sequence number: max(previous + 1, now_ms * 1024). When the counter is
+-- missing (first use, or Redis lost its data) it restarts one second ahead, past
+-- any number handed out before the loss (at most 1024 a millisecond), so
+-- replicas never mistake new events for old ones ("recovery").
 local function next_seq(seq_key, now)
-  local current = tonumber(redis.call('GET', seq_key) or '0')
+  local current = redis.call('GET', seq_key)
+  if not current then
+    local fresh = (now + 1000) * 1024
+    redis.call('SET', seq_key, string.format('%d', fresh))
+    return fresh
+  end
+  current = tonumber(current)
   local candidate = now * 1024
   if candidate <= current then candidate = current + 1 end
   redis.call('SET', seq_key, string.format('%d', candidate))
@@ -31,7 +48,7 @@ local function backstop(keys, ms)
   for _, key in ipairs(keys) do redis.call('PEXPIRE', key, ms) end
 end
 
--- Sweep (property 2): every instance whose hold expired loses it; each user
+-- Sweep ("crash expiry"): every instance whose hold expired loses it; each user
 -- whose last holder that was leaves, with exactly one `leave` published —
 -- the script is atomic, so concurrent sweepers cannot both see the same hold.
 -- The leave is attributed to the dead instance, so the sweeper also receives it.

@@ -70,19 +70,22 @@ impl FromRedisValue for LeaveReply {
     }
 }
 
-/// Reply of tick.lua.
-pub struct TickReply(pub super::TickOutcome);
+/// Reply of tick.lua: the report and Redis's clock (ms) when it ran.
+pub struct TickReply(pub super::TickReport, pub u64);
 
 impl FromRedisValue for TickReply {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        use super::TickOutcome::*;
-        let items = items(v, 2)?;
-        Ok(TickReply(match text(&items[0])?.as_str() {
+        use crate::backend::TickOutcome::*;
+        let items = items(v, 5)?;
+        let outcome = match text(&items[0])?.as_str() {
             "alive" => Alive,
             "lost" => Lost,
             "cleared" => Cleared { epoch: text(&items[1])? },
             other => return Err(format!("unknown tick status {other:?}").into()),
-        }))
+        };
+        let latest = crate::backend::Latest { seq: int(&items[2])?, members: int(&items[3])? };
+        let report = super::TickReport { outcome, latest: Some(latest) };
+        Ok(TickReply(report, int(&items[4])?))
     }
 }
 
@@ -91,14 +94,21 @@ pub struct SnapshotReply(pub super::Snapshot);
 
 impl FromRedisValue for SnapshotReply {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let mut items = items(v, 2)?.into_iter();
-        let seq = int(&items.next().expect("checked length"))?;
-        let epoch = text(&items.next().expect("checked length"))?;
-        let rest: Vec<Value> = items.collect();
-        let users = rest
-            .chunks_exact(2)
-            .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
-            .collect::<Result<_, ParsingError>>()?;
+        let items = items(v, 2)?;
+        let (head, rest) = items.split_at(2);
+        let seq = int(&head[0])?;
+        let epoch = text(&head[1])?;
+        let mut users = Vec::with_capacity(rest.len() / 2);
+        for pair in rest.chunks_exact(2) {
+            let (key, data) = (text(&pair[0])?, text(&pair[1])?);
+            // Data is spliced into frames as raw JSON: a value written by
+            // something else than our scripts must not break every client.
+            if serde_json::from_str::<&serde_json::value::RawValue>(&data).is_err() {
+                tracing::warn!(key = %key.chars().take(64).collect::<String>(), "snapshot: member data is not JSON; skipped");
+                continue;
+            }
+            users.push((key, data));
+        }
         Ok(SnapshotReply(super::Snapshot { seq, epoch: (!epoch.is_empty()).then_some(epoch), users }))
     }
 }

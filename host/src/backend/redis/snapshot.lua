@@ -1,13 +1,25 @@
 -- snapshot.lua: sweep, then read a topic's whole state atomically, for list()
--- and for seeding an instance's local replica.
+-- and for seeding or repairing an instance's local replica.
 --
 -- KEYS: 1 users, 2 refs, 3 inst, 4 seq, 5 epoch
--- ARGV: 1 now (ms), 2 channel, 3 prefix of held:<instance> keys
+-- ARGV: 1 channel, 2 prefix of held:<instance> keys, 3 backstop (ms),
+--       4 the newest sequence number the caller has seen (0: none)
 -- Reply: {seq, epoch or '', user1, data1, user2, data2, ...}
 --   Events with a sequence number <= seq are already reflected in the reply.
-local now, channel, held_prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+--   "recovery": when Redis lost data its counter reads less than what the
+--   caller has seen, and a replica would keep every copy from before the loss
+--   as "newer". The snapshot then takes a fresh number, above both, so it
+--   replaces them; otherwise it writes nothing.
+local channel, held_prefix, keep, seen = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = redis_now()
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], held_prefix, channel, now)
-local reply = {tonumber(redis.call('GET', KEYS[4]) or '0'), redis.call('GET', KEYS[5]) or ''}
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+if seq < seen then
+  redis.call('SET', KEYS[4], string.format('%d', seen))
+  seq = next_seq(KEYS[4], now)
+  redis.call('PEXPIRE', KEYS[4], keep)
+end
+local reply = {seq, redis.call('GET', KEYS[5]) or ''}
 local flat = redis.call('HGETALL', KEYS[1])
 for i = 1, #flat do reply[#reply + 1] = flat[i] end
 return reply

@@ -3,9 +3,12 @@
 //!
 //! Commands (watch/unwatch) arrive in order over a channel, so a topic that is
 //! dropped and watched again is never left unsubscribed by a late UNSUBSCRIBE.
-//! When the connection drops, the task reconnects with capped backoff,
-//! subscribes every watched channel again and emits [`BackendEvent::Resynced`]
-//! so the engine re-reads what it may have missed.
+//! When the connection drops (or cannot subscribe, as when an ACL refuses the
+//! channels), the task waits with exponential backoff — reset only once a
+//! session stayed up longer than the cap, so a server that accepts connections
+//! but refuses subscriptions is not hammered — then subscribes every watched
+//! channel again in batches and emits [`BackendEvent::Resynced`] so the engine
+//! re-reads what it may have missed.
 
 use super::keys::topic_of_channel;
 use crate::backend::{BackendError, BackendEvent, Change, ChangeKind};
@@ -13,9 +16,18 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+/// First wait after a failed session; doubles per failure.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between reconnects; a session that lasted this long resets the backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Channels per SUBSCRIBE when resubscribing.
+const SUBSCRIBE_BATCH: usize = 256;
 
 pub(super) enum Command {
     Watch(String, oneshot::Sender<Result<(), BackendError>>),
@@ -25,6 +37,7 @@ pub(super) enum Command {
 /// Handle to the subscriber task; dropping it stops the task.
 pub(super) struct Subscriber {
     pub commands: mpsc::UnboundedSender<Command>,
+    connected: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -39,6 +52,11 @@ impl Subscriber {
         self.task.abort();
     }
 
+    /// Subscribed and receiving (false while reconnecting).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     pub fn start(
         client: redis::Client,
         prefix: String,
@@ -46,8 +64,20 @@ impl Subscriber {
         events: mpsc::UnboundedSender<BackendEvent>,
     ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(client, prefix, timeout, events, rx));
-        Subscriber { commands, task }
+        let connected = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(
+            Task {
+                client,
+                prefix,
+                timeout,
+                events,
+                commands: rx,
+                watched: HashSet::new(),
+                connected: connected.clone(),
+            }
+            .run(),
+        );
+        Subscriber { commands, connected, task }
     }
 }
 
@@ -55,96 +85,123 @@ fn unavailable(reason: impl ToString) -> BackendError {
     BackendError::Unavailable { op: "subscribe", reason: reason.to_string() }
 }
 
-async fn run(
+/// Why a session ended.
+enum Ended {
+    /// The backend is gone: stop.
+    Stopped,
+    /// Reconnect (after a wait), for this reason.
+    Failed(String),
+}
+
+struct Task {
     client: redis::Client,
     prefix: String,
     timeout: Duration,
     events: mpsc::UnboundedSender<BackendEvent>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
-    let mut watched: HashSet<String> = HashSet::new();
-    let mut connected_before = false;
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        let connection = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
-        let pubsub = match connection {
-            Ok(Ok(pubsub)) => pubsub,
-            failed => {
-                let reason = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no connection within {timeout:?}"),
-                };
-                tracing::warn!(%reason, "redis subscriber: cannot connect; retrying in {backoff:?}");
-                // While disconnected, answer watches at once instead of making callers wait.
-                let wait = tokio::time::sleep(backoff);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        _ = &mut wait => break,
-                        command = commands.recv() => match command {
-                            None => return,
-                            Some(Command::Watch(channel, ack)) => {
-                                watched.insert(channel);
-                                let _ = ack.send(Err(unavailable(&reason)));
-                            }
-                            Some(Command::Unwatch(channel)) => { watched.remove(&channel); }
-                        },
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Channels the engine wants, kept across reconnects.
+    watched: HashSet<String>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut sessions = 0u64;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let ended = self.session(sessions).await;
+            self.connected.store(false, Ordering::Relaxed);
+            sessions += 1;
+            let Ended::Failed(reason) = ended else { return };
+            if started.elapsed() >= MAX_BACKOFF {
+                backoff = MIN_BACKOFF;
             }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let mut healthy = true;
-        for channel in &watched {
-            if !matches!(tokio::time::timeout(timeout, sink.subscribe(channel)).await, Ok(Ok(()))) {
-                healthy = false;
-                break;
+            tracing::warn!(%reason, "redis subscriber: disconnected; retrying in {backoff:?}");
+            if !self.wait(backoff, &reason).await {
+                return;
             }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        if !healthy {
-            continue;
-        }
-        backoff = Duration::from_millis(20);
-        if connected_before {
-            tracing::info!(channels = watched.len(), "redis subscriber: reconnected");
-            let _ = events.send(BackendEvent::Resynced);
-        }
-        connected_before = true;
+    }
+
+    /// Sleep, answering watches at once (with an error) instead of making
+    /// callers wait. False when the backend is gone.
+    async fn wait(&mut self, period: Duration, reason: &str) -> bool {
+        let wait = tokio::time::sleep(period);
+        tokio::pin!(wait);
         loop {
             tokio::select! {
-                command = commands.recv() => match command {
-                    None => return,
+                _ = &mut wait => return true,
+                command = self.commands.recv() => match command {
+                    None => return false,
                     Some(Command::Watch(channel, ack)) => {
-                        watched.insert(channel.clone());
+                        self.watched.insert(channel);
+                        let _ = ack.send(Err(unavailable(reason)));
+                    }
+                    Some(Command::Unwatch(channel)) => { self.watched.remove(&channel); }
+                },
+            }
+        }
+    }
+
+    /// One connection: subscribe everything watched, then serve commands and
+    /// forward messages until something fails.
+    async fn session(&mut self, earlier: u64) -> Ended {
+        let timeout = self.timeout;
+        let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return Ended::Failed(format!("cannot connect: {e}")),
+            Err(_) => return Ended::Failed(format!("no connection within {timeout:?}")),
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let channels: Vec<&String> = self.watched.iter().collect();
+        for batch in channels.chunks(SUBSCRIBE_BATCH) {
+            match tokio::time::timeout(timeout, sink.subscribe(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Ended::Failed(format!("cannot subscribe: {e}")),
+                Err(_) => return Ended::Failed(format!("no subscribe reply within {timeout:?}")),
+            }
+        }
+        self.connected.store(true, Ordering::Relaxed);
+        if earlier > 0 {
+            tracing::info!(channels = self.watched.len(), "redis subscriber: reconnected");
+            let _ = self.events.send(BackendEvent::Resynced);
+        }
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None => return Ended::Stopped,
+                    Some(Command::Watch(channel, ack)) => {
+                        self.watched.insert(channel.clone());
                         let result = match tokio::time::timeout(timeout, sink.subscribe(&channel)).await {
                             Ok(Ok(())) => Ok(()),
                             Ok(Err(e)) => Err(unavailable(e)),
                             Err(_) => Err(BackendError::Timeout { op: "subscribe", after: timeout }),
                         };
-                        let failed = result.is_err();
+                        let failed = result.as_ref().err().map(ToString::to_string);
+                        if failed.is_some() {
+                            // Unready before the caller hears of the failure.
+                            self.connected.store(false, Ordering::Relaxed);
+                        }
                         let _ = ack.send(result);
-                        if failed {
-                            break;
+                        if let Some(reason) = failed {
+                            return Ended::Failed(reason);
                         }
                     }
                     Some(Command::Unwatch(channel)) => {
-                        watched.remove(&channel);
+                        self.watched.remove(&channel);
                         if tokio::time::timeout(timeout, sink.unsubscribe(&channel)).await.is_err() {
-                            break;
+                            return Ended::Failed(format!("no unsubscribe reply within {timeout:?}"));
                         }
                     }
                 },
                 message = stream.next() => match message {
-                    None => {
-                        tracing::warn!("redis subscriber: connection lost; reconnecting");
-                        break;
-                    }
+                    None => return Ended::Failed("connection lost".into()),
                     Some(message) => {
-                        let Some(topic) = topic_of_channel(&prefix, message.get_channel_name()) else { continue };
+                        let Some(topic) = topic_of_channel(&self.prefix, message.get_channel_name()) else { continue };
                         match parse(topic, message.get_payload_bytes()) {
-                            Ok(event) => { let _ = events.send(event); }
+                            Ok(event) => { let _ = self.events.send(event); }
                             Err(e) => tracing::warn!(topic, error = %e, "redis subscriber: malformed event ignored"),
                         }
                     }

@@ -1,34 +1,43 @@
--- tick.lua: one heartbeat of this instance on one topic: refresh its hold, then
--- sweep expired holds. Cost is O(1) in the users this instance holds
--- (property 1); the engine pipelines one call per topic.
+-- tick.lua: one heartbeat of this instance on one topic: refresh its hold, check
+-- that every user it believes it holds is still held, sweep expired holds, and
+-- report the topic's state. O(1) in the users held ("one round trip"); the
+-- engine pipelines one call per topic.
 --
 -- KEYS: 1 users, 2 refs, 3 inst, 4 held:<this instance>, 5 seq, 6 epoch
--- ARGV: 1 instance id, 2 now (ms), 3 ttl (ms), 4 backstop (ms),
---       5 epoch this instance knows ('' = none), 6 channel,
---       7 '1' if this instance holds users here ('0': it only observes),
---       8 prefix of held:<instance> keys (same hash tag, so same slot)
--- Reply: {'alive'|'lost'|'cleared', epoch or ''}
---   lost:    the hold is gone (Redis lost its data, or this instance was cut off
---            longer than ttl and swept) and no clear() happened: the engine
---            re-asserts its users with join.lua (property 4). The hold is never
---            re-created here (ZADD XX semantics), so nothing is resurrected.
---   cleared: clear() ran since this instance last looked (property 5).
-local instance, now, ttl, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local known_epoch, channel, holds, held_prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+-- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms),
+--       4 epoch this instance knows ('' = none), 5 channel,
+--       6 how many users this instance believes it holds here (0: it only
+--         observes), 7 prefix of held:<instance> keys (same hash tag, same slot),
+--       8 the instance's own clock (ms), only to report how far off it is
+-- Reply: {'alive'|'lost'|'cleared', epoch or '', seq, members, redis now (ms)}
+--   lost:    some or all of the holds are gone (Redis lost its data, or this
+--            instance was cut off longer than ttl and swept) and no clear()
+--            happened: the engine re-asserts its users with join.lua
+--            ("recovery"). Counting the held set catches a loss even when a join
+--            since the loss re-created the hold itself. A missing hold is never
+--            re-created here (XX), so nothing is resurrected.
+--   cleared: clear() ran since this instance last looked ("clear sticks").
+--   seq, members: the topic's latest sequence number (0 when Redis has none)
+--            and unique users, so the instance can tell its replica drifted.
+local instance, ttl, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local known_epoch, channel, believed, held_prefix = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local now = redis_now()
 
 local epoch = redis.call('GET', KEYS[6])
 local status = 'alive'
 if epoch and epoch ~= known_epoch then
   status = 'cleared'
-elseif holds == '1' then
+elseif believed > 0 then
   if redis.call('ZADD', KEYS[3], 'XX', 'CH', now + ttl, instance) == 0
       and not redis.call('ZSCORE', KEYS[3], instance) then
     status = 'lost'
   else
+    if redis.call('SCARD', KEYS[4]) < believed then status = 'lost' end
     backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, keep)
     if epoch then redis.call('PEXPIRE', KEYS[6], keep) end
   end
 end
 
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[5], held_prefix, channel, now)
-return {status, epoch or ''}
+local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
+return {status, epoch or '', seq, redis.call('HLEN', KEYS[1]), now}

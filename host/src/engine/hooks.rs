@@ -1,0 +1,40 @@
+//! The ready-made hooks of the original extension — `subscribe`,
+//! `unsubscribe`, `close` — routing a connection's subscriptions to the
+//! engine: `__presence:<t>` observes `t`, other `__` topics are ignored,
+//! every other topic is joined.
+
+use super::{ConnId, Error, Presence, PRESENCE_PREFIX};
+
+/// The ready-made hooks, from [`Presence::hooks`].
+pub struct Hooks<'a> {
+    pub(super) presence: &'a Presence,
+}
+
+impl Hooks<'_> {
+    /// `__presence:<t>` → sync `t`; other `__` topics → ignored; else join.
+    pub async fn subscribe(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
+        match topic.strip_prefix(PRESENCE_PREFIX) {
+            Some(watched) => self.presence.sync(conn, watched).await,
+            None if topic.starts_with("__") => Ok(()),
+            None => self.presence.join(conn, topic).await,
+        }
+    }
+
+    /// `__presence:<t>` → stop observing `t`; other `__` topics → ignored;
+    /// else leave that topic.
+    pub async fn unsubscribe(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
+        match topic.strip_prefix(PRESENCE_PREFIX) {
+            Some(watched) => {
+                self.presence.unsync(conn, watched).await;
+                Ok(())
+            }
+            None if topic.starts_with("__") => Ok(()),
+            None => self.presence.leave(conn, Some(topic)).await,
+        }
+    }
+
+    /// Leave every topic.
+    pub async fn close(&self, conn: ConnId) -> Result<(), Error> {
+        self.presence.leave(conn, None).await
+    }
+}

@@ -1,0 +1,349 @@
+//! Membership transitions: connections joining and leaving topics, observers
+//! coming and going, and a topic dropped by `clear()`.
+//!
+//! Every change of a user's hold goes through one path. A transition first
+//! edits the user's [`Slot`] (its local connections), then [`Inner::reconcile`]
+//! asks the slot what the store must be told ([`Slot::needed`]: assert or
+//! release) and [`Inner::record`] applies the store's answer to the slot, the
+//! replica and the clients. `join`, `leave_topic`, `leave_all`, the restore of
+//! a remaining tab's data and the heartbeat's settle all use it.
+//!
+//! A join the store cannot take *for a passing reason* (timeout, Redis down) is
+//! not dropped: the connection stays wanted and the heartbeat asserts it once
+//! the store answers ([`Error::Deferred`]); the joiner then gets its `list`.
+//! Only a refusal (invalid input, a `select` error, a protocol error) undoes it.
+
+use super::topic::{Needed, Remote, Slot, SlotConn, Topic};
+use super::{lock, presence_topic, ConnId, Envelope, Error, Inner};
+use crate::backend::{BackendError, ChangeKind, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome};
+use std::sync::Arc;
+
+/// What became of a topic after a hold change.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Settled {
+    Done,
+    /// The topic was cleared meanwhile: the caller drops it locally.
+    Cleared,
+}
+
+impl Needed {
+    pub(super) fn as_change<'a>(&'a self, key: &'a str) -> HoldChange<'a> {
+        match self {
+            Needed::Assert(data) => HoldChange::Assert { key, data },
+            Needed::Release => HoldChange::Release { key },
+        }
+    }
+}
+
+impl Inner {
+    /// The topic's entry, created if needed (not necessarily watched yet).
+    pub(super) fn topic(&self, name: &str) -> Arc<Topic> {
+        lock(&self.topics).entry(name.to_owned()).or_insert_with(|| Arc::new(Topic::new(name))).clone()
+    }
+
+    /// Watch the topic and seed its replica, once.
+    pub(super) async fn ready(&self, topic: &Topic) -> Result<(), BackendError> {
+        topic
+            .ready
+            .get_or_try_init(|| async {
+                // Watch before reading, so no change between the two is missed.
+                self.backend.watch(&topic.name).await?;
+                let snapshot = self.backend.snapshot(&topic.name, 0).await?;
+                let mut state = topic.lock();
+                state.epoch = snapshot.epoch.clone();
+                for (kind, key, data) in state.replica.install(&snapshot) {
+                    self.announce(&topic.name, kind, &key, &data);
+                }
+                Ok(())
+            })
+            .await
+            .copied()
+    }
+
+    /// Bring one user's hold in line with its local connections.
+    pub(super) async fn reconcile(&self, topic: &Topic, key: &str, slot: &mut Slot) -> Result<Settled, BackendError> {
+        let Some(needed) = slot.needed() else {
+            return Ok(Settled::Done);
+        };
+        let epoch = topic.epoch();
+        let ttl = self.options.ttl;
+        let outcome = match &needed {
+            Needed::Assert(data) => {
+                self.backend.join(&topic.name, key, data, epoch.as_deref(), ttl).await.map(HoldOutcome::Asserted)
+            }
+            Needed::Release => self.backend.leave(&topic.name, key).await.map(HoldOutcome::Released),
+        };
+        self.record(topic, key, slot, needed, outcome)
+    }
+
+    /// Apply what the store did with a hold change to the slot, the replica
+    /// and the clients. A call whose outcome is unknown leaves the slot
+    /// `Unknown`, for the heartbeat to settle.
+    pub(super) fn record(
+        &self,
+        topic: &Topic,
+        key: &str,
+        slot: &mut Slot,
+        needed: Needed,
+        outcome: Result<HoldOutcome, BackendError>,
+    ) -> Result<Settled, BackendError> {
+        match outcome {
+            Ok(HoldOutcome::Asserted(JoinOutcome::StaleEpoch { .. })) => Ok(Settled::Cleared),
+            Ok(HoldOutcome::Asserted(outcome)) => {
+                let Needed::Assert(data) = needed else { unreachable!("an assert answers an assert") };
+                slot.remote = Remote::Held;
+                let shown = match outcome {
+                    JoinOutcome::Joined { seq } => Some((seq, ChangeKind::Join)),
+                    JoinOutcome::Updated { seq } => Some((seq, ChangeKind::Updated)),
+                    _ => None,
+                };
+                let mut state = topic.lock();
+                if let Some((seq, kind)) = shown.filter(|_| !state.detached) {
+                    self.show(&topic.name, &mut state.replica, seq, kind, key, &data);
+                }
+                slot.shown = Some(data);
+                // Connections whose join the store could not take at first
+                // get their list now, after their own join was shown.
+                if !state.detached {
+                    for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
+                        pending.listed = true;
+                        self.platform.subscribe(pending.conn, &presence_topic(&topic.name));
+                        self.platform.send(pending.conn, &Envelope::list(&topic.name, state.replica.list_json()));
+                    }
+                }
+                Ok(Settled::Done)
+            }
+            Ok(HoldOutcome::Released(outcome)) => {
+                slot.remote = Remote::Absent;
+                slot.shown = None;
+                if let LeaveOutcome::Left { seq, data } = outcome {
+                    let mut state = topic.lock();
+                    if !state.detached {
+                        self.show(&topic.name, &mut state.replica, seq, ChangeKind::Leave, key, &data);
+                    }
+                }
+                Ok(Settled::Done)
+            }
+            Err(e) => {
+                if e.outcome_unknown() {
+                    slot.remote = Remote::Unknown;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn join(&self, conn: ConnId, name: &str) -> Result<(), Error> {
+        self.check(name)?;
+        if name.starts_with("__") || lock(&self.conns).get(&conn).is_some_and(|c| c.joined.contains_key(name)) {
+            return Ok(());
+        }
+        let user_data = self.platform.user_data(conn).ok_or(Error::UnknownConnection(conn))?;
+        let key = self.user_key(conn, &user_data);
+        let data = self.public_data(user_data).await?;
+        // A second pass only follows a join refused because the topic was cleared.
+        for _ in 0..2 {
+            let topic = self.topic(name);
+            let Some(slot) = topic.slot(&key) else { continue };
+            let mut slot = slot.lock().await;
+            if slot.has(conn) {
+                return Ok(());
+            }
+            // From here the connection is wanted, whatever the store answers.
+            {
+                let state = topic.lock();
+                if state.detached {
+                    continue;
+                }
+                slot.conns.push(SlotConn { conn, data: data.clone(), listed: false });
+                lock(&self.conns).entry(conn).or_default().joined.insert(name.to_owned(), key.clone());
+            }
+            let result = match self.ready(&topic).await {
+                Ok(()) => self.reconcile(&topic, &key, &mut slot).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(Settled::Done) => {
+                    // Joined as another tab of a user already shown: nothing
+                    // was asserted, so this connection still needs its list.
+                    let state = topic.lock();
+                    let me = slot.conns.iter_mut().find(|c| c.conn == conn && !c.listed);
+                    if let Some(me) = me.filter(|_| !state.detached) {
+                        me.listed = true;
+                        self.platform.subscribe(conn, &presence_topic(name));
+                        self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
+                    }
+                    return Ok(());
+                }
+                Ok(Settled::Cleared) => {
+                    drop(slot);
+                    self.clear_local(name);
+                }
+                Err(e) if e.outcome_unknown() => return Err(Error::Deferred(e)),
+                Err(e) => {
+                    slot.remove(conn);
+                    self.forget_join(conn, name);
+                    drop(slot);
+                    topic.forget_slot(&key);
+                    drop(topic);
+                    self.forget_topic_if_idle(name);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(Error::Backend(BackendError::Protocol {
+            op: "join",
+            reason: "the topic was cleared twice while joining".into(),
+        }))
+    }
+
+    pub(super) async fn leave_all(&self, conn: ConnId) -> Result<(), Error> {
+        let Some((joined, observing)) = lock(&self.conns)
+            .get(&conn)
+            .map(|c| (c.joined.keys().cloned().collect::<Vec<_>>(), c.observing.iter().cloned().collect::<Vec<_>>()))
+        else {
+            return Ok(());
+        };
+        let mut first_error = None;
+        for topic in joined {
+            if let Err(e) = self.leave_topic(conn, &topic).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        for topic in observing {
+            self.unobserve(conn, &topic);
+        }
+        lock(&self.conns).remove(&conn);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The connection leaves one topic. It is always removed locally; if the
+    /// store cannot be told now, the heartbeat finishes the release.
+    pub(super) async fn leave_topic(&self, conn: ConnId, name: &str) -> Result<(), Error> {
+        let Some(key) = lock(&self.conns).get(&conn).and_then(|c| c.joined.get(name).cloned()) else {
+            return Ok(());
+        };
+        let topic = lock(&self.topics).get(name).cloned();
+        let slot = topic.as_ref().and_then(|t| t.existing_slot(&key));
+        let (Some(topic), Some(slot)) = (topic, slot) else {
+            self.forget_join(conn, name);
+            return Ok(());
+        };
+        let mut slot = slot.lock().await;
+        if !slot.remove(conn) {
+            return Ok(());
+        }
+        {
+            let state = topic.lock();
+            if !state.observers.contains(&conn) {
+                self.platform.unsubscribe(conn, &presence_topic(name));
+            }
+            self.forget_join(conn, name);
+        }
+        // Releases the hold, or restores the newest remaining tab's data.
+        let result = self.reconcile(&topic, &key, &mut slot).await;
+        drop(slot);
+        if matches!(result, Ok(Settled::Cleared)) {
+            self.clear_local(name);
+            return Ok(());
+        }
+        topic.forget_slot(&key);
+        drop(topic);
+        self.forget_topic_if_idle(name);
+        result.map(|_| ()).map_err(Error::from)
+    }
+
+    pub(super) fn forget_join(&self, conn: ConnId, topic: &str) {
+        let mut conns = lock(&self.conns);
+        if let Some(entry) = conns.get_mut(&conn) {
+            entry.joined.remove(topic);
+            if entry.is_empty() {
+                conns.remove(&conn);
+            }
+        }
+    }
+
+    pub(super) async fn sync(&self, conn: ConnId, name: &str) -> Result<(), Error> {
+        self.check(name)?;
+        if name.starts_with("__") {
+            return Ok(());
+        }
+        for _ in 0..2 {
+            let topic = self.topic(name);
+            if let Err(e) = self.ready(&topic).await {
+                drop(topic);
+                self.forget_topic_if_idle(name);
+                return Err(e.into());
+            }
+            let mut state = topic.lock();
+            if state.detached {
+                continue;
+            }
+            state.observers.insert(conn);
+            lock(&self.conns).entry(conn).or_default().observing.insert(name.to_owned());
+            self.platform.subscribe(conn, &presence_topic(name));
+            self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    pub(super) fn unobserve(&self, conn: ConnId, name: &str) {
+        if let Some(topic) = lock(&self.topics).get(name).cloned() {
+            let mut state = topic.lock();
+            state.observers.remove(&conn);
+            let mut conns = lock(&self.conns);
+            let joined = conns.get(&conn).is_some_and(|c| c.joined.contains_key(name));
+            if !joined {
+                self.platform.unsubscribe(conn, &presence_topic(name));
+            }
+            if let Some(entry) = conns.get_mut(&conn) {
+                entry.observing.remove(name);
+                if entry.is_empty() {
+                    conns.remove(&conn);
+                }
+            }
+        }
+        self.forget_topic_if_idle(name);
+    }
+
+    /// Stop watching a topic nothing local uses any more.
+    pub(super) fn forget_topic_if_idle(&self, name: &str) {
+        let mut topics = lock(&self.topics);
+        if let Some(topic) = topics.get(name) {
+            if Arc::strong_count(topic) == 1 && topic.is_idle() {
+                topics.remove(name);
+                // Sent under the map lock: a later watch of the same topic is
+                // queued after this unwatch.
+                self.backend.unwatch(name);
+            }
+        }
+    }
+
+    /// Drop everything local about a topic (it was cleared): connections and
+    /// observers are unsubscribed from its presence events.
+    pub(super) fn clear_local(&self, name: &str) {
+        let topic = {
+            let mut topics = lock(&self.topics);
+            let Some(topic) = topics.remove(name) else {
+                return;
+            };
+            self.backend.unwatch(name);
+            topic
+        };
+        let mut state = topic.lock();
+        state.detached = true;
+        state.slots.clear();
+        let observers = std::mem::take(&mut state.observers);
+        let presence = presence_topic(name);
+        let mut conns = lock(&self.conns);
+        conns.retain(|conn, entry| {
+            let joined = entry.joined.remove(name).is_some();
+            let observed = entry.observing.remove(name);
+            if joined || observed || observers.contains(conn) {
+                self.platform.unsubscribe(*conn, &presence);
+            }
+            !entry.is_empty()
+        });
+    }
+}
