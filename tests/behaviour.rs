@@ -1,4 +1,4 @@
-//! The seed's behaviours (the reference's "Behaviours its test suite covers"),
+//! The original extension's behaviours (the reference's "Behaviours its test suite covers"),
 //! each run on the in-memory backend and on a real redis-server.
 
 use presence::engine::{presence_topic, select_fn};

@@ -51,7 +51,7 @@ async fn select_guest_chooses_public_fields() {
 }
 
 /// A guest that overrides nothing behaves like the built-in defaults:
-/// query-string auth, the default select, and hooks routed like the seed's.
+/// query-string auth, the default select, and hooks routed like the original extension's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_reproduce_the_builtin_behaviour() {
     let plugin = host(&build_guest("tests/guests/defaults")).await;

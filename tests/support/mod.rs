@@ -3,7 +3,9 @@
 //! envelopes with deadlines instead of sleeping.
 
 pub mod guests;
+pub mod model;
 pub mod redis_server;
+pub mod slow;
 
 use presence::backend::memory::MemoryStore;
 use presence::backend::redis::{RedisBackend, RedisOptions};
@@ -29,7 +31,7 @@ pub fn fast_options() -> Options {
 #[derive(Clone)]
 pub enum Store {
     Memory(MemoryStore),
-    Redis { url: String, prefix: String, timeout: Duration },
+    Redis { url: String, prefix: String, timeout: Duration, clock_offset_ms: i64 },
 }
 
 impl Store {
@@ -38,27 +40,45 @@ impl Store {
     }
 
     pub fn redis(server: &RedisServer) -> Self {
-        Store::Redis { url: server.url(), prefix: "presence".into(), timeout: Duration::from_millis(500) }
+        Store::Redis {
+            url: server.url(),
+            prefix: "presence".into(),
+            timeout: Duration::from_millis(500),
+            clock_offset_ms: 0,
+        }
     }
 
     /// The same store with another bound on each Redis call.
-    pub fn with_timeout(self, timeout: Duration) -> Self {
-        match self {
-            Store::Redis { url, prefix, .. } => Store::Redis { url, prefix, timeout },
-            memory => memory,
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        if let Store::Redis { timeout: t, .. } = &mut self {
+            *t = timeout;
         }
+        self
+    }
+
+    /// The same store, for an instance whose clock is off by `ms`.
+    pub fn with_clock_offset(mut self, ms: i64) -> Self {
+        if let Store::Redis { clock_offset_ms, .. } = &mut self {
+            *clock_offset_ms = ms;
+        }
+        self
     }
 
     pub async fn backend(&self) -> Arc<dyn presence::Backend> {
         match self {
             Store::Memory(store) => Arc::new(store.backend()),
-            Store::Redis { url, prefix, timeout } => {
-                let mut options = RedisOptions::new(url.clone());
-                options.prefix = prefix.clone();
-                options.timeout = *timeout;
-                Arc::new(RedisBackend::connect(options).await.expect("connect to test redis"))
-            }
+            Store::Redis { .. } => Arc::new(self.redis_backend().await),
         }
+    }
+
+    /// A Redis backend of its own type (for what only it tells, like clock skew).
+    pub async fn redis_backend(&self) -> RedisBackend {
+        let Store::Redis { url, prefix, timeout, clock_offset_ms } = self else { panic!("not a Redis store") };
+        let mut options = RedisOptions::new(url.clone());
+        options.prefix = prefix.clone();
+        options.timeout = *timeout;
+        options.clock_offset_ms = *clock_offset_ms;
+        RedisBackend::connect(options).await.expect("connect to test redis")
     }
 }
 
@@ -70,8 +90,13 @@ pub struct Instance {
 
 impl Instance {
     pub async fn start(store: &Store, options: Options) -> Self {
+        Self::on(store.backend().await, options)
+    }
+
+    /// An instance on a backend made by the test.
+    pub fn on(backend: Arc<dyn presence::Backend>, options: Options) -> Self {
         let hub = Hub::new();
-        let presence = Presence::new(store.backend().await, hub.clone(), options).expect("valid options");
+        let presence = Presence::new(backend, hub.clone(), options).expect("valid options");
         Self { presence, hub }
     }
 
@@ -133,6 +158,32 @@ impl Client {
     /// How many `event`s concerned user `key` so far.
     pub fn count_for(&mut self, event: &str, key: &str) -> usize {
         self.events(event).iter().filter(|e| e["data"]["key"] == key).count()
+    }
+
+    /// Replay every presence envelope of `topic` received so far, as a
+    /// client store would: `list` replaces, `join`/`updated` add, `leave`
+    /// removes. Returns the keys shown, or the first inconsistency: a `join`
+    /// for a key already shown, a `leave` or `updated` for one not shown.
+    pub fn view(&mut self, topic: &str) -> Result<std::collections::BTreeSet<String>, String> {
+        self.pull();
+        let presence = format!("__presence:{topic}");
+        let mut shown = std::collections::BTreeSet::new();
+        for envelope in self.seen.iter().filter(|e| e["topic"] == presence.as_str()) {
+            let key = || envelope["data"]["key"].as_str().unwrap_or_default().to_owned();
+            match envelope["event"].as_str().unwrap_or_default() {
+                "list" => {
+                    shown = envelope["data"]
+                        .as_array()
+                        .map(|m| m.iter().filter_map(|m| m["key"].as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default();
+                }
+                "join" if !shown.insert(key()) => return Err(format!("second `join` for listed {:?}", key())),
+                "leave" if !shown.remove(&key()) => return Err(format!("`leave` for unlisted {:?}", key())),
+                "updated" if !shown.contains(&key()) => return Err(format!("`updated` for unlisted {:?}", key())),
+                _ => {}
+            }
+        }
+        Ok(shown)
     }
 
     /// Keys in the latest `list` envelope.

@@ -25,7 +25,7 @@ const SECRET_WORDS: &[&str] = &[
     "apikey",
 ];
 
-/// The seed's default: drop `__`-prefixed and secret-looking fields, at every depth.
+/// The original extension's default: drop `__`-prefixed and secret-looking fields, at every depth.
 pub fn default_select(user_data: &Value) -> Result<Value, String> {
     strip(user_data, 0)
 }

@@ -1,0 +1,504 @@
+//! The randomized model check: several engine instances on one real
+//! `redis-server`, driven by a seeded random mix of client operations (tabs
+//! opened, closed cleanly or dropped, user data changed) and faults (an
+//! instance killed without cleanup or started again, Redis flushed, restarted
+//! empty, paused, its pub/sub connections killed, `clear()`), checked against
+//! a plain model of who has an open connection.
+//!
+//! After every few steps comes a quiet period, then the check (polled until
+//! it holds or a deadline passes; every instance must also be ready, its
+//! event stream connected and read again after any interruption):
+//! - every user with an open connection, and no other, is listed by Redis
+//!   (`list` from each instance) and shown by every observer on every instance;
+//! - every observer's event stream is consistent: `join` only for users it
+//!   does not show, `leave` only for users it does;
+//! - in a round without faults, each observer saw exactly one `join` and one
+//!   `leave` per presence transition of the model.
+//!
+//! Instances run in this process: "killed" drops an engine without any
+//! cleanup (its holds must expire), as a crashed process would leave them.
+//! Operations within one step run concurrently, at most one per user.
+
+use crate::{fast_options, Client, Instance, RedisServer, Store};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// One run's size.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub seed: u64,
+    pub steps: usize,
+    pub instances: usize,
+    pub users: usize,
+    pub topics: usize,
+    /// Steps between two checks.
+    pub round: usize,
+}
+
+impl Config {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, steps: 40, instances: 3, users: 12, topics: 3, round: 5 }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub operations: usize,
+    pub faults: BTreeMap<&'static str, usize>,
+    pub checks: usize,
+    pub clean_rounds: usize,
+}
+
+/// How long a check may take to hold: ttl + heartbeats, with room for
+/// reconnect backoff and a loaded machine.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(15);
+
+struct Tab {
+    client: Client,
+    user: usize,
+    topic: usize,
+}
+
+struct Node {
+    instance: Instance,
+    tabs: Vec<Tab>,
+    /// One observer per topic (a `sync`ed connection).
+    observers: Vec<Client>,
+}
+
+struct World {
+    config: Config,
+    rng: StdRng,
+    server: RedisServer,
+    store: Store,
+    nodes: Vec<Option<Node>>,
+    report: Report,
+    /// Transitions the model made this round: (topic, user) -> (joins, leaves).
+    transitions: HashMap<(usize, usize), (usize, usize)>,
+    /// Per observer (node, topic) and key, the joins and leaves seen at the
+    /// last check.
+    seen_at_check: HashMap<(usize, usize), HashMap<String, (usize, usize)>>,
+    /// Users not to touch again this round (a dropped tab is left by the
+    /// heartbeat later; a new tab meanwhile would make the count ambiguous).
+    frozen: HashSet<usize>,
+    faulty_round: bool,
+    /// A Redis fault happened since the last check: joins may still be
+    /// deferred, and a deferred join is made even after a `clear()` (its
+    /// connection is still open), so `clear()` waits for a calm round.
+    stormy: bool,
+}
+
+/// `MODEL_TRACE=1` prints every operation and fault, for replaying a seed.
+fn trace(line: impl FnOnce() -> String) {
+    if std::env::var_os("MODEL_TRACE").is_some() {
+        eprintln!("{}", line());
+    }
+}
+
+fn topic_name(t: usize) -> String {
+    format!("t{t}")
+}
+
+fn user_key(u: usize) -> String {
+    format!("u{u}")
+}
+
+/// Run one seed. `Err` says what diverged from the model (the caller prints
+/// the seed with it).
+pub async fn run(config: Config) -> Result<Report, String> {
+    let server = RedisServer::start();
+    let store = Store::redis(&server);
+    let mut world = World {
+        config,
+        rng: StdRng::seed_from_u64(config.seed),
+        server,
+        store,
+        nodes: Vec::new(),
+        report: Report::default(),
+        transitions: HashMap::new(),
+        seen_at_check: HashMap::new(),
+        frozen: HashSet::new(),
+        faulty_round: false,
+        stormy: false,
+    };
+    for _ in 0..config.instances {
+        let node = world.start_node().await?;
+        world.nodes.push(Some(node));
+    }
+    for step in 1..=config.steps {
+        trace(|| format!("step {step}"));
+        world.step().await?;
+        if step % config.round == 0 || step == config.steps {
+            world.check().await.map_err(|e| format!("after step {step}: {e}"))?;
+        }
+    }
+    Ok(world.report)
+}
+
+impl World {
+    async fn start_node(&mut self) -> Result<Node, String> {
+        let instance = Instance::start(&self.store, fast_options()).await;
+        let mut observers = Vec::new();
+        for t in 0..self.config.topics {
+            let observer = instance.connect(json!({"id": format!("observer-{t}")}));
+            // Redis may be down right now (a fault just happened): retry.
+            let deadline = Instant::now() + SETTLE_DEADLINE;
+            while let Err(e) = instance.presence.sync(observer.id, &topic_name(t)).await {
+                if Instant::now() > deadline {
+                    return Err(format!("an observer cannot sync: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            observers.push(observer);
+        }
+        Ok(Node { instance, tabs: Vec::new(), observers })
+    }
+
+    /// The model: who has an open tab on a live instance, per topic.
+    fn expected(&self, topic: usize) -> BTreeSet<String> {
+        self.nodes
+            .iter()
+            .flatten()
+            .flat_map(|n| n.tabs.iter())
+            .filter(|tab| tab.topic == topic)
+            .map(|tab| user_key(tab.user))
+            .collect()
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()).collect()
+    }
+
+    async fn step(&mut self) -> Result<(), String> {
+        if self.rng.random_bool(0.2) {
+            self.fault().await?;
+        } else {
+            self.operations().await?;
+        }
+        Ok(())
+    }
+
+    /// A batch of concurrent client operations, at most one per user.
+    async fn operations(&mut self) -> Result<(), String> {
+        let before: Vec<BTreeSet<String>> = (0..self.config.topics).map(|t| self.expected(t)).collect();
+        let batch = self.rng.random_range(1..=6);
+        let mut users: Vec<usize> = (0..self.config.users).filter(|u| !self.frozen.contains(u)).collect::<Vec<_>>();
+        let mut joins = Vec::new(); // (node, connection, topic)
+        let mut closes = Vec::new(); // (node, client, clean)
+        for _ in 0..batch {
+            if users.is_empty() {
+                break;
+            }
+            let user = users.swap_remove(self.rng.random_range(0..users.len()));
+            let live = self.live();
+            let node = live[self.rng.random_range(0..live.len())];
+            let tabs_of_user: Vec<(usize, usize)> = live
+                .iter()
+                .flat_map(|&n| {
+                    let node = self.nodes[n].as_ref().unwrap();
+                    (0..node.tabs.len()).filter(move |&i| node.tabs[i].user == user).map(move |i| (n, i))
+                })
+                .collect();
+            if !tabs_of_user.is_empty() && self.rng.random_bool(0.5) {
+                let (n, i) = tabs_of_user[self.rng.random_range(0..tabs_of_user.len())];
+                let tab = self.nodes[n].as_mut().unwrap().tabs.swap_remove(i);
+                let clean = self.rng.random_bool(0.7);
+                if !clean {
+                    self.frozen.insert(user);
+                }
+                trace(|| {
+                    format!("  close u{user} t{} on {n} ({})", tab.topic, if clean { "clean" } else { "dropped" })
+                });
+                closes.push((n, tab.client, clean));
+            } else {
+                let topic = self.rng.random_range(0..self.config.topics);
+                let version = self.rng.random_range(0..3);
+                let node_ref = self.nodes[node].as_mut().unwrap();
+                let client = node_ref.instance.connect(json!({"id": user_key(user), "v": version}));
+                trace(|| format!("  join u{user} t{topic} v{version} on {node}"));
+                joins.push((node, client.id, topic_name(topic)));
+                node_ref.tabs.push(Tab { client, user, topic });
+            }
+        }
+        self.report.operations += joins.len() + closes.len();
+        let mut calls: Vec<futures::future::BoxFuture<'_, Result<(), String>>> = Vec::new();
+        for (n, id, topic) in &joins {
+            let presence = &self.nodes[*n].as_ref().unwrap().instance.presence;
+            calls.push(Box::pin(async move {
+                match presence.join(*id, topic).await {
+                    Ok(()) | Err(presence::Error::Deferred(_)) => Ok(()),
+                    Err(e) => Err(format!("join refused: {e}")),
+                }
+            }));
+        }
+        for (n, client, clean) in &closes {
+            let node = self.nodes[*n].as_ref().unwrap();
+            calls.push(Box::pin(async move {
+                if *clean {
+                    let _ = node.instance.presence.hooks().close(client.id).await;
+                }
+                node.instance.hub.disconnect(client.id);
+                Ok(())
+            }));
+        }
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        for (t, before) in before.iter().enumerate() {
+            let after = self.expected(t);
+            for user in 0..self.config.users {
+                let key = user_key(user);
+                let entry = self.transitions.entry((t, user)).or_default();
+                match (before.contains(&key), after.contains(&key)) {
+                    (false, true) => entry.0 += 1,
+                    (true, false) => entry.1 += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fault(&mut self) -> Result<(), String> {
+        self.faulty_round = true;
+        let live = self.live();
+        let dead: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].is_none()).collect();
+        let kind = match self.rng.random_range(0..7) {
+            0 if live.len() > 1 => "kill instance",
+            0 | 1 if !dead.is_empty() => "restart instance",
+            1 => "kill pubsub",
+            2 => "flushall",
+            3 => "restart redis",
+            4 => "pause redis",
+            5 if !self.stormy => "clear",
+            _ => "kill pubsub",
+        };
+        self.stormy |= matches!(kind, "kill pubsub" | "flushall" | "restart redis" | "pause redis");
+        *self.report.faults.entry(kind).or_default() += 1;
+        trace(|| format!("  fault: {kind}"));
+        match kind {
+            "kill instance" => {
+                let n = live[self.rng.random_range(0..live.len())];
+                trace(|| format!("  (instance {n})"));
+                // No cleanup at all: its holds must expire.
+                self.nodes[n] = None;
+                self.forget_observers(n);
+            }
+            "restart instance" => {
+                let n = dead[self.rng.random_range(0..dead.len())];
+                let node = self.start_node().await?;
+                self.nodes[n] = Some(node);
+            }
+            "kill pubsub" => {
+                let before = self.resyncs();
+                let mut con = self.server.connection();
+                let _: redis::RedisResult<i64> =
+                    redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut con);
+                self.await_resyncs(before).await?;
+            }
+            "flushall" => {
+                let mut con = self.server.connection();
+                let _: () = redis::cmd("FLUSHALL").query(&mut con).map_err(|e| e.to_string())?;
+            }
+            "restart redis" => {
+                let before = self.resyncs();
+                self.server.restart();
+                self.await_resyncs(before).await?;
+            }
+            "pause redis" => {
+                self.server.pause();
+                let pause = Duration::from_millis(self.rng.random_range(100..900));
+                let (_, result) = tokio::join!(tokio::time::sleep(pause), self.operations());
+                self.server.resume();
+                result?;
+            }
+            "clear" => self.clear().await?,
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// `clear()` from one instance: everything is gone everywhere; tabs and
+    /// observers are dropped by every engine, so the test drops its own and
+    /// observes afresh once each instance has let go of its topics.
+    async fn clear(&mut self) -> Result<(), String> {
+        let live = self.live();
+        let n = live[self.rng.random_range(0..live.len())];
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        // Redis may still be coming back from an earlier fault.
+        while let Err(e) = self.nodes[n].as_ref().unwrap().instance.presence.clear().await {
+            if Instant::now() > deadline {
+                return Err(format!("clear failed: {e}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for &i in &live {
+            let node = self.nodes[i].as_mut().unwrap();
+            for tab in node.tabs.drain(..) {
+                node.instance.hub.disconnect(tab.client.id);
+            }
+            let deadline = Instant::now() + SETTLE_DEADLINE;
+            while node.instance.presence.local_topics() > 0 {
+                if Instant::now() > deadline {
+                    return Err(format!("instance {i} still has topics after clear()"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for observer in node.observers.drain(..) {
+                node.instance.hub.disconnect(observer.id);
+            }
+            self.forget_observers(i);
+            let fresh = self.start_observers(i).await?;
+            self.nodes[i].as_mut().unwrap().observers = fresh;
+        }
+        Ok(())
+    }
+
+    async fn start_observers(&mut self, n: usize) -> Result<Vec<Client>, String> {
+        let node = self.nodes[n].as_ref().unwrap();
+        let mut observers = Vec::new();
+        for t in 0..self.config.topics {
+            let observer = node.instance.connect(json!({"id": format!("observer-{t}")}));
+            let deadline = Instant::now() + SETTLE_DEADLINE;
+            while let Err(e) = node.instance.presence.sync(observer.id, &topic_name(t)).await {
+                if Instant::now() > deadline {
+                    return Err(format!("an observer cannot sync: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            observers.push(observer);
+        }
+        Ok(observers)
+    }
+
+    /// Completed resyncs per live instance.
+    fn resyncs(&self) -> Vec<(usize, u64)> {
+        let count = |n: &Node| n.instance.presence.stats().resyncs.load(std::sync::atomic::Ordering::Relaxed);
+        self.live().into_iter().map(|i| (i, count(self.nodes[i].as_ref().unwrap()))).collect()
+    }
+
+    /// Wait until every instance noticed its event stream broke and read its
+    /// topics again, so the fault is over before the round's next step.
+    async fn await_resyncs(&self, before: Vec<(usize, u64)>) -> Result<(), String> {
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        for (i, count) in before {
+            let node = self.nodes[i].as_ref().unwrap();
+            while node.instance.presence.stats().resyncs.load(std::sync::atomic::Ordering::Relaxed) <= count {
+                if Instant::now() > deadline {
+                    return Err(format!("instance {i} never resynced after its event stream broke"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_observers(&mut self, n: usize) {
+        self.seen_at_check.retain(|(node, _), _| *node != n);
+    }
+
+    /// Wait for the quiet state and compare it with the model.
+    async fn check(&mut self) -> Result<(), String> {
+        self.report.checks += 1;
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            match self.compare().await {
+                Ok(()) => break,
+                Err(Fatal(e)) => return Err(e),
+                Err(NotYet(e)) if Instant::now() > deadline => {
+                    return Err(format!("not settled within {SETTLE_DEADLINE:?}: {e}"))
+                }
+                Err(NotYet(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        // Exact transition counts, for rounds without faults.
+        let clean = !self.faulty_round;
+        if clean {
+            self.report.clean_rounds += 1;
+        }
+        let topics = self.config.topics;
+        for n in self.live() {
+            for t in 0..topics {
+                let observer = &mut self.nodes[n].as_mut().unwrap().observers[t];
+                let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+                for e in observer.events("join") {
+                    if e["topic"] == format!("__presence:{}", topic_name(t)) {
+                        counts.entry(e["data"]["key"].as_str().unwrap_or_default().to_owned()).or_default().0 += 1;
+                    }
+                }
+                for e in observer.events("leave") {
+                    if e["topic"] == format!("__presence:{}", topic_name(t)) {
+                        counts.entry(e["data"]["key"].as_str().unwrap_or_default().to_owned()).or_default().1 += 1;
+                    }
+                }
+                if let (true, Some(before)) = (clean, self.seen_at_check.get(&(n, t))) {
+                    for u in 0..self.config.users {
+                        let key = user_key(u);
+                        let now = counts.get(&key).copied().unwrap_or_default();
+                        let then = before.get(&key).copied().unwrap_or_default();
+                        let seen = (now.0 - then.0, now.1 - then.1);
+                        let expected = self.transitions.get(&(t, u)).copied().unwrap_or_default();
+                        if seen != expected {
+                            return Err(format!(
+                                "observer on instance {n}, topic {t}: {key} shown (joins, leaves) {seen:?}, \
+                                 the model made {expected:?}"
+                            ));
+                        }
+                    }
+                }
+                self.seen_at_check.insert((n, t), counts);
+            }
+        }
+        self.transitions.clear();
+        self.frozen.clear();
+        self.faulty_round = false;
+        self.stormy = false;
+        Ok(())
+    }
+
+    async fn compare(&mut self) -> Result<(), Mismatch> {
+        for n in self.live() {
+            let presence = &self.nodes[n].as_ref().unwrap().instance.presence;
+            if let Some(reason) = presence.unready_reason() {
+                return Err(NotYet(format!("instance {n} is not ready: {reason}")));
+            }
+            if presence.is_resyncing() {
+                return Err(NotYet(format!("instance {n} is still reading its topics again")));
+            }
+        }
+        for t in 0..self.config.topics {
+            let expected = self.expected(t);
+            for n in self.live() {
+                let node = self.nodes[n].as_mut().unwrap();
+                let listed: BTreeSet<String> = match node.instance.presence.list(&topic_name(t)).await {
+                    Ok(members) => members.into_iter().map(|m| m.key).collect(),
+                    Err(e) => return Err(NotYet(format!("list failed: {e}"))),
+                };
+                if listed != expected {
+                    return Err(NotYet(format!("Redis lists {listed:?} on topic {t}, the model {expected:?}")));
+                }
+                let shown = node.observers[t]
+                    .view(&topic_name(t))
+                    .map_err(|e| Fatal(format!("observer on instance {n}, topic {t}: inconsistent stream: {e}")))?;
+                if shown != expected {
+                    return Err(NotYet(format!(
+                        "observer on instance {n} shows {shown:?} on topic {t}, the model {expected:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Mismatch {
+    /// May still converge.
+    NotYet(String),
+    /// Can never be undone.
+    Fatal(String),
+}
+use Mismatch::{Fatal, NotYet};
