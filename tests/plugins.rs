@@ -84,7 +84,11 @@ async fn defaults_reproduce_the_builtin_behaviour() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_are_contained() {
     let _turn = CPU_HEAVY.lock().await;
-    let plugin = Arc::new(host(&build_guest("tests/guests/hostile")).await);
+    // A deadline well above the time the budgets take, so a test starved by a
+    // parallel compile still trips the budget it means to, not the deadline.
+    let mut config = PluginConfig::new(build_guest("tests/guests/hostile"));
+    config.limits.call_deadline = Duration::from_millis(100);
+    let plugin = Arc::new(PluginHost::start(config, Arc::new(MemoryKv::default())).await.expect("plugin loads"));
     let select = plugin.select_fn();
     let attack = |name: &str| select(json!({"id": "x", "attack": name}));
 
@@ -129,6 +133,37 @@ async fn hostile_guests_are_contained() {
     assert_eq!(select(json!({"id": "after"})).await.unwrap(), json!({"id": "after", "hostile": true}));
     let m = plugin.metrics().export(presence::plugin::metrics::Export::Select);
     assert!(m.timeouts.load(Ordering::Relaxed) >= 1 && m.traps.load(Ordering::Relaxed) >= 4);
+}
+
+/// A hook cut off by its deadline while its `presence.join` waits on a paused
+/// Redis does not cut the join in half: once Redis answers, the user is
+/// joined, announced once, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_cut_off_mid_join_leaves_a_whole_join() {
+    let _turn = CPU_HEAVY.lock().await;
+    let mut config = PluginConfig::new(build_guest("tests/guests/hostile"));
+    config.limits.hook_deadline = Duration::from_millis(300);
+    let plugin = PluginHost::start(config, Arc::new(MemoryKv::default())).await.expect("plugin loads");
+    let server = RedisServer::start();
+    let store = Store::redis(&server).with_timeout(Duration::from_secs(5));
+    let hub = Hub::new();
+    let presence = Arc::new(Presence::new(store.backend().await, hub.clone(), fast_options()).unwrap());
+    plugin.attach(&presence);
+    let observer = Instance::start(&store, fast_options()).await;
+    let mut watcher = observer.connect(json!({"id": "watcher"}));
+    observer.presence.sync(watcher.id, "hang-room").await.unwrap();
+    let user = json!({"id": "alice"});
+    let (alice, _rx) = hub.connect(user.clone(), 100);
+    presence.join(alice, "warmup").await.unwrap(); // Redis connection up
+
+    server.pause();
+    let err = plugin.on_subscribe(alice, &user, "hang-room").await.unwrap_err();
+    assert!(err.contains("deadline"), "{err}");
+    server.resume();
+    watcher.wait_for("join", |d| d["key"] == "alice").await;
+    eventually("alice counted once", || async { presence.count("hang-room").await.ok() == Some(1) }).await;
+    presence.tick().await;
+    assert_eq!(watcher.count_for("join", "alice"), 1);
 }
 
 /// A plugin that traps while authenticating or authorizing denies (fails closed).

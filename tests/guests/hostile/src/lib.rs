@@ -1,7 +1,9 @@
 //! A hostile plugin for sandbox tests. Its `select` misbehaves as the user
 //! data's `attack` field says; without one it answers like a normal plugin.
+//! Its subscribe hook joins, then never returns on `hang-*` topics (the host
+//! must cut it off without cutting the join in half).
 
-use presence_guest::{kv, log, Json, Plugin};
+use presence_guest::{kv, log, presence, Connection, Json, Plugin};
 use serde_json::{json, Value};
 
 struct Hostile;
@@ -58,6 +60,16 @@ impl Plugin for Hostile {
             .to_string()),
             "env" => Ok(json!({ "vars": std::env::vars().count() }).to_string()),
             _ => Ok(json!({ "id": user["id"], "hostile": true }).to_string()),
+        }
+    }
+
+    fn on_subscribe(conn: Connection, topic: String) -> Result<(), String> {
+        if !topic.starts_with("hang-") {
+            return presence_guest::defaults::on_subscribe(conn.id, &topic);
+        }
+        let _ = presence::join(conn.id, &topic);
+        loop {
+            std::hint::black_box(0);
         }
     }
 }
