@@ -74,10 +74,25 @@ struct Cli {
     /// A client silent this long after a ping is closed (and leaves), in seconds.
     #[arg(long, env = "PRESENCE_PONG_TIMEOUT_S", default_value_t = 10)]
     pong_timeout_s: u64,
+    /// Presence changes collected into one `presence_diff` for current
+    /// clients, in milliseconds (0: as soon as possible).
+    #[arg(long, env = "PRESENCE_DIFF_WINDOW_MS", default_value_t = 5)]
+    diff_window_ms: u64,
+    /// File holding the key (32+ bytes) that signs auth-preflight session
+    /// cookies; give every instance the same file. Default: a random key
+    /// per process.
+    #[arg(long, env = "PRESENCE_SESSION_KEY_FILE")]
+    session_key_file: Option<PathBuf>,
 }
 
 impl Cli {
-    fn config(&self) -> ServerConfig {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        let session_key = match &self.session_key_file {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("session key file {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
         let redis = self.redis.as_ref().map(|url| RedisOptions {
             url: url.clone(),
             prefix: self.prefix.clone(),
@@ -95,9 +110,10 @@ impl Cli {
             watch: self.plugin_watch,
             log_lines_per_second: 200,
         });
-        ServerConfig {
+        Ok(ServerConfig {
             redis,
             plugin,
+            session_key,
             options: Options {
                 key: self.key.clone(),
                 heartbeat: Duration::from_millis(self.heartbeat_ms),
@@ -111,8 +127,10 @@ impl Cli {
                 send_queue: self.send_queue,
                 ping_interval: Duration::from_secs(self.ping_interval_s),
                 pong_timeout: Duration::from_secs(self.pong_timeout_s),
+                diff_window: Duration::from_millis(self.diff_window_ms),
+                ..ServerLimits::default()
             },
-        }
+        })
     }
 }
 
@@ -131,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    let server = PresenceServer::start(cli.config()).await?;
+    let server = PresenceServer::start(cli.config()?).await?;
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let address = listener.local_addr()?;
     let backend = cli.redis.as_deref().unwrap_or("in-memory (this process only)");

@@ -288,6 +288,18 @@ impl Inner {
         Ok(())
     }
 
+    pub(super) fn resend_list(&self, conn: ConnId, name: &str) {
+        let interested =
+            lock(&self.conns).get(&conn).is_some_and(|c| c.joined.contains_key(name) || c.observing.contains(name));
+        let topic = lock(&self.topics).get(name).cloned();
+        if let Some(topic) = topic.filter(|t| interested && t.ready.initialized()) {
+            let state = topic.lock();
+            if !state.detached {
+                self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
+            }
+        }
+    }
+
     pub(super) fn unobserve(&self, conn: ConnId, name: &str) {
         if let Some(topic) = lock(&self.topics).get(name).cloned() {
             let mut state = topic.lock();

@@ -222,6 +222,12 @@ impl Presence {
         self.detached(move |inner| async move { inner.sync(conn, &topic).await }).await
     }
 
+    /// Send the topic's `list` again to a connection that joined or observes
+    /// it (a client asking for a fresh snapshot); otherwise nothing.
+    pub fn resend_list(&self, conn: ConnId, topic: &str) {
+        self.inner.resend_list(conn, topic);
+    }
+
     /// Stop a connection observing a topic it `sync`ed.
     pub async fn unsync(&self, conn: ConnId, topic: &str) {
         self.inner.unobserve(conn, topic);

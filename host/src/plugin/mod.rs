@@ -187,9 +187,21 @@ impl PluginHost {
         }
     }
 
-    /// May the connection do this? Fails closed.
-    pub async fn authorize(&self, conn: ConnId, user_data: &Value, topic: &str, action: Action) -> Result<(), String> {
-        self.unit(Call::Authorize(connection(conn, user_data), topic.to_owned(), action)).await
+    /// May the connection do this? Fails closed: a plugin that traps or
+    /// times out refuses with [`AuthorizeError::Failed`].
+    pub async fn authorize(
+        &self,
+        conn: ConnId,
+        user_data: &Value,
+        topic: &str,
+        action: Action,
+    ) -> Result<(), AuthorizeError> {
+        match self.shared.call(Call::Authorize(connection(conn, user_data), topic.to_owned(), action)).await {
+            Ok(Reply::Unit(Ok(()))) => Ok(()),
+            Ok(Reply::Unit(Err(reason))) => Err(AuthorizeError::Denied(reason)),
+            Ok(_) => Err(AuthorizeError::Failed("unexpected reply".into())),
+            Err(e) => Err(AuthorizeError::Failed(e.to_string())),
+        }
     }
 
     pub async fn on_subscribe(&self, conn: ConnId, user_data: &Value, topic: &str) -> Result<(), String> {
@@ -211,6 +223,18 @@ impl PluginHost {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// Why `authorize` did not allow an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizeError {
+    /// The policy said no; its reason (an upper-case word reaches current
+    /// clients as their denial reason).
+    #[error("{0}")]
+    Denied(String),
+    /// The plugin failed (trapped, timed out, not loaded): refused, closed.
+    #[error("policy unavailable: {0}")]
+    Failed(String),
 }
 
 fn connection(id: ConnId, user_data: &Value) -> Connection {

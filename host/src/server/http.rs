@@ -1,11 +1,45 @@
-//! The plain HTTP routes: the demo page, liveness, readiness and metrics.
+//! The plain HTTP routes: the demo page, liveness, readiness, metrics, and
+//! the clients' auth preflight.
 
 use super::Shared;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Extension;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// `POST /__ws/auth` (the client's opt-in `auth: true`): authenticate this
+/// request as an upgrade would be, and on success answer 204 with a signed
+/// session cookie the next upgrade accepts on any instance sharing the key.
+/// A refusal answers the plugin's status (4xx stops the client for good,
+/// 5xx is retried). The client's `x-requested-with` header is required, so
+/// a cross-site form cannot obtain a session.
+pub(super) async fn auth_preflight(
+    State(shared): State<Arc<Shared>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if headers.get("x-requested-with").is_none_or(|v| v != "svelte-adapter-uws") {
+        return (StatusCode::FORBIDDEN, "the preflight needs `x-requested-with: svelte-adapter-uws`\n").into_response();
+    }
+    match super::ws::authenticate(&shared, &uri, &headers, peer.map(|p| p.0 .0)).await {
+        Ok(user_data) => {
+            (StatusCode::NO_CONTENT, [(header::SET_COOKIE, shared.sessions.issue(&user_data))]).into_response()
+        }
+        Err(denial) => {
+            shared.metrics.upgrades_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let status = StatusCode::from_u16(denial.status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::FORBIDDEN);
+            (status, denial.reason).into_response()
+        }
+    }
+}
 
 pub(super) async fn demo() -> Html<&'static str> {
     Html(include_str!("demo.html"))

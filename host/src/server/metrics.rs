@@ -13,6 +13,8 @@ pub struct ServerMetrics {
     pub upgrades_denied: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_refused: AtomicU64,
+    /// Frames of a type this server does not know (ignored).
+    pub frames_unknown: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
 }
 
@@ -28,6 +30,8 @@ pub fn render(shared: &Shared) -> String {
     line("presence_upgrades_denied_total", "counter", m.upgrades_denied.load(Relaxed).to_string());
     line("presence_frames_received_total", "counter", m.frames_in.load(Relaxed).to_string());
     line("presence_frames_refused_total", "counter", m.frames_refused.load(Relaxed).to_string());
+    line("presence_frames_unknown_total", "counter", m.frames_unknown.load(Relaxed).to_string());
+    line("presence_frames_sent_total", "counter", shared.hub.frames_sent().to_string());
     line("presence_keepalive_timeouts_total", "counter", m.keepalive_timeouts.load(Relaxed).to_string());
     line("presence_slow_client_disconnects_total", "counter", shared.hub.overflows().to_string());
     line("presence_topics", "gauge", shared.presence.local_topics().to_string());

@@ -2,14 +2,16 @@
 //! runs it on its own, and an existing axum application merges
 //! [`PresenceServer::router`] next to its own routes.
 //!
-//! - [`protocol`]: client messages and error envelopes.
+//! - [`protocol`]: client messages of every generation, acks, denials.
 //! - `ws`: one connection's life (authenticate → frames → hooks → close),
-//!   keepalive, rate and subscription limits, bounded send queue.
-//! - `http`: `/`, `/healthz`, `/readyz`, `/metrics`.
+//!   generations, keepalive, rate and subscription limits, close codes.
+//! - [`session`]: signed cookies of the auth preflight.
+//! - `http`: `/`, `/healthz`, `/readyz`, `/metrics`, `POST /__ws/auth`.
 
 mod http;
 mod metrics;
 pub mod protocol;
+pub mod session;
 mod ws;
 
 use crate::backend::measured::{BackendMetrics, Measured};
@@ -18,7 +20,7 @@ use crate::backend::redis::{RedisBackend, RedisOptions};
 use crate::plugin::kv::{MemoryKv, PluginKv, RedisKv};
 use crate::plugin::{PluginConfig, PluginHost};
 use crate::{Backend, Hub, Options, Presence};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use metrics::ServerMetrics;
 use std::sync::Arc;
@@ -43,6 +45,11 @@ pub struct ServerLimits {
     pub ping_interval: Duration,
     /// How long after a ping a silent client is considered dead and closed.
     pub pong_timeout: Duration,
+    /// How long presence changes are collected into one `presence_diff` for
+    /// current clients (0: sent as soon as the flusher runs).
+    pub diff_window: Duration,
+    /// How long a session cookie from the auth preflight is valid.
+    pub session_ttl: Duration,
 }
 
 impl Default for ServerLimits {
@@ -54,6 +61,8 @@ impl Default for ServerLimits {
             send_queue: 1024,
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(10),
+            diff_window: Duration::from_millis(5),
+            session_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -66,6 +75,9 @@ pub struct ServerConfig {
     pub plugin: Option<PluginConfig>,
     pub options: Options,
     pub limits: ServerLimits,
+    /// Key of the auth preflight's session cookies; shared by every instance
+    /// so a cookie works on all of them. `None`: a random key per process.
+    pub session_key: Option<Vec<u8>>,
 }
 
 pub(crate) struct Shared {
@@ -79,6 +91,9 @@ pub(crate) struct Shared {
     pub redis: Option<redis::aio::ConnectionManager>,
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
+    pub sessions: session::Sessions,
+    /// The hub's diff flusher, stopped on shutdown.
+    diffs: tokio::task::AbortHandle,
 }
 
 /// The engine, the plugin and the connection plumbing, ready to serve.
@@ -116,7 +131,12 @@ impl PresenceServer {
         let measured = Measured::new(backend);
         let backend_metrics = measured.metrics.clone();
         let hub = Hub::new();
+        let diffs = tokio::spawn(hub.clone().run_diffs(config.limits.diff_window)).abort_handle();
         let presence = Arc::new(Presence::new(Arc::new(measured), hub.clone(), options)?);
+        if let Some(key) = config.session_key.as_ref().filter(|k| k.len() < session::MIN_KEY_BYTES) {
+            anyhow::bail!("the session key has {} bytes; use at least {}", key.len(), session::MIN_KEY_BYTES);
+        }
+        let sessions = session::Sessions::new(config.session_key, config.limits.session_ttl);
         if let Some(plugin) = &plugin {
             plugin.attach(&presence);
         }
@@ -131,14 +151,18 @@ impl PresenceServer {
                 redis,
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
+                sessions,
+                diffs,
             }),
         })
     }
 
-    /// Every route: `/ws`, the demo page at `/`, `/healthz`, `/readyz`, `/metrics`.
+    /// Every route: `/ws`, `POST /__ws/auth`, the demo page at `/`,
+    /// `/healthz`, `/readyz`, `/metrics`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws", get(ws::upgrade))
+            .route("/__ws/auth", post(http::auth_preflight))
             .route("/", get(http::demo))
             .route("/healthz", get(http::healthz))
             .route("/readyz", get(http::readyz))
@@ -146,10 +170,13 @@ impl PresenceServer {
             .with_state(self.shared.clone())
     }
 
-    /// Only the WebSocket endpoint at `/ws`, for applications that keep
-    /// their own `/` and health routes.
+    /// Only the WebSocket endpoint at `/ws` and its auth preflight, for
+    /// applications that keep their own `/` and health routes.
     pub fn ws_router<S>(&self) -> Router<S> {
-        Router::new().route("/ws", get(ws::upgrade)).with_state(self.shared.clone())
+        Router::new()
+            .route("/ws", get(ws::upgrade))
+            .route("/__ws/auth", post(http::auth_preflight))
+            .with_state(self.shared.clone())
     }
 
     pub fn presence(&self) -> &Arc<Presence> {
@@ -171,6 +198,7 @@ impl PresenceServer {
         if tokio::time::timeout(Duration::from_secs(5), shared.connections.wait()).await.is_err() {
             tracing::warn!("some connections did not close within 5 s");
         }
+        shared.diffs.abort();
         shared.presence.destroy();
     }
 }

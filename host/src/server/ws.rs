@@ -1,12 +1,20 @@
-//! One WebSocket connection's life: upgrade (the plugin authenticates, or the
-//! query string is the demo user data), then a loop over client frames,
-//! outgoing frames, keepalive pings and shutdown; on exit the close hook runs
-//! and the connection leaves every topic.
+//! One WebSocket connection's life: upgrade (a session cookie from the auth
+//! preflight, the plugin's `authenticate`, or the query string as the demo
+//! user data), then a loop over client frames, outgoing frames, keepalive and
+//! shutdown; on exit the close hook runs and the connection leaves every
+//! topic.
+//!
+//! The first frame decides the generation: `hello` makes a current (0.5)
+//! client — acks with `ref`, machine-word denials, presence as
+//! `presence_state`/`presence_diff` — anything else a legacy one (0.3/0.4),
+//! served as it always was. Close codes are chosen for how the clients react:
+//! 4401/4403 stop a current client for good (an upgrade the plugin refuses),
+//! 4429 makes it back off (flooding), everything else is retried.
 
-use super::protocol::{self, ClientMessage, Refusal};
+use super::protocol::{self, ClientMessage, DenialReason, Refusal, MAX_BATCH_TOPICS};
 use super::Shared;
-use crate::engine::PRESENCE_PREFIX;
-use crate::plugin::{Action, Pair, UpgradeRequest};
+use crate::engine::{Error, PRESENCE_PREFIX};
+use crate::plugin::{Action, AuthorizeError, Denial, Pair, UpgradeRequest};
 use crate::ConnId;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -22,11 +30,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Close codes (RFC 6455 §7.4.1).
+/// Close codes (RFC 6455 §7.4.1, and the clients' own 4xxx).
 const GOING_AWAY: u16 = 1001;
-const POLICY: u16 = 1008;
 const TOO_BIG: u16 = 1009;
+const INTERNAL: u16 = 1011;
 const TRY_AGAIN_LATER: u16 = 1013;
+const UNAUTHENTICATED: u16 = 4401;
+const FORBIDDEN: u16 = 4403;
+const RATE_LIMITED: u16 = 4429;
 
 pub(super) async fn upgrade(
     State(shared): State<Arc<Shared>>,
@@ -38,33 +49,53 @@ pub(super) async fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let query = uri.query().unwrap_or("");
-    let user_data = match &shared.plugin {
-        Some(plugin) => match plugin.authenticate(upgrade_request(&uri, &headers, peer.map(|p| p.0 .0))).await {
-            Ok(user_data) => user_data,
-            Err(denial) => {
-                shared.metrics.upgrades_denied.fetch_add(1, Relaxed);
-                let status = StatusCode::from_u16(denial.status).unwrap_or(StatusCode::FORBIDDEN);
-                return (status, denial.reason).into_response();
-            }
-        },
-        None => demo_user_data(query),
+    let identity = match shared.sessions.verify(&headers) {
+        Some(user_data) => Ok(user_data),
+        None => authenticate(&shared, &uri, &headers, peer.map(|p| p.0 .0)).await,
     };
     // Frames up to 4× the limit are read and refused with a close (1009)
     // that names the limit; beyond that the WebSocket layer drops the socket.
     let hard_limit = shared.limits.max_frame_bytes.saturating_mul(4);
-    let tracker = shared.connections.clone();
     // Small buffers: an idle connection should cost kilobytes, not the
     // 128 KiB tungstenite reserves by default.
-    ws.max_frame_size(hard_limit)
-        .max_message_size(hard_limit)
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
-        .on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data)))
+    let ws = ws.max_frame_size(hard_limit).max_message_size(hard_limit).read_buffer_size(4096).write_buffer_size(4096);
+    match identity {
+        Ok(user_data) => {
+            let tracker = shared.connections.clone();
+            ws.on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data)))
+        }
+        // A browser never sees an HTTP status on an upgrade (a 401 reaches it
+        // as 1006, retried forever): accept, then close with a code it acts on.
+        Err(denial) => {
+            shared.metrics.upgrades_denied.fetch_add(1, Relaxed);
+            tracing::info!(status = denial.status, reason = %denial.reason, "upgrade refused");
+            let code = match denial.status {
+                401 => UNAUTHENTICATED,
+                429 => RATE_LIMITED,
+                500..=599 => INTERNAL,
+                _ => FORBIDDEN,
+            };
+            ws.on_upgrade(move |mut socket| async move {
+                let _ = socket.send(close(code, &denial.reason)).await;
+            })
+        }
+    }
 }
 
-/// Without a plugin, the query string is the user data: `/ws?id=ada&name=Ada`.
-/// A demo default — production deployments authenticate with a plugin.
+/// Who is this request? The plugin's `authenticate`, or without a plugin
+/// the query string (`/ws?id=ada&name=Ada`, a demo default).
+pub(super) async fn authenticate(
+    shared: &Shared,
+    uri: &Uri,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<Value, Denial> {
+    match &shared.plugin {
+        Some(plugin) => plugin.authenticate(upgrade_request(uri, headers, peer)).await,
+        None => Ok(demo_user_data(uri.query().unwrap_or(""))),
+    }
+}
+
 fn demo_user_data(query: &str) -> Value {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
@@ -112,21 +143,57 @@ impl RateLimit {
     }
 }
 
-fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+/// A close frame; the reason is cut to what a close frame can carry.
+fn close(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame { code, reason: reason[..end].to_owned().into() }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Generation {
+    /// No frame yet.
+    Unknown,
+    /// 0.3 / 0.4: no `hello`, no acks, presence as list/join/leave/updated.
+    Legacy,
+    /// 0.5: `hello` first.
+    Current,
+}
+
+/// One connection's protocol state.
+struct Session {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    user_data: Value,
+    generation: Generation,
+    subscriptions: HashSet<String>,
+    rate: RateLimit,
+    /// Frames refused in a row for exceeding the rate.
+    flooding: u32,
 }
 
 async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
     let (conn, mut outbox) = shared.hub.connect(user_data.clone(), shared.limits.send_queue);
     shared.metrics.connections_open.fetch_add(1, Relaxed);
     shared.metrics.connections_total.fetch_add(1, Relaxed);
+    shared.hub.send_text(conn, protocol::welcome(&format!("{:032x}", rand::random::<u128>())));
     let (mut sink, mut stream) = socket.split();
-    let limits = &shared.limits;
+    let limits = shared.limits.clone();
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + limits.ping_interval, limits.ping_interval);
     let mut last_heard = Instant::now();
-    let mut rate = RateLimit::new(limits.messages_per_second);
-    let mut subscriptions = HashSet::new();
+    let mut sent_since_tick = false;
+    let mut session = Session {
+        shared: shared.clone(),
+        conn,
+        user_data,
+        generation: Generation::Unknown,
+        subscriptions: HashSet::new(),
+        rate: RateLimit::new(limits.messages_per_second),
+        flooding: 0,
+    };
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => {
@@ -135,6 +202,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
             }
             frame = outbox.recv() => match frame {
                 Some(text) => {
+                    sent_since_tick = true;
                     if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
                         break;
                     }
@@ -155,20 +223,15 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
                     }
                     Some(Ok(Message::Text(text))) => {
                         shared.metrics.frames_in.fetch_add(1, Relaxed);
-                        let result = if rate.admit() {
-                            handle(&shared, conn, &user_data, &mut subscriptions, text.as_str()).await
-                        } else {
-                            Err(Refusal::new("rate-limited", None, format!("more than {} frames per second", limits.messages_per_second)))
-                        };
-                        if let Err(refusal) = result {
-                            shared.metrics.frames_refused.fetch_add(1, Relaxed);
-                            shared.hub.send_text(conn, refusal.envelope().to_json());
+                        if let Some((code, reason)) = session.handle(text.as_str()).await {
+                            let _ = sink.send(close(code, reason)).await;
+                            break;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         shared.metrics.frames_refused.fetch_add(1, Relaxed);
-                        let refusal = Refusal::new("bad-request", None, "binary frames are not part of the protocol");
-                        shared.hub.send_text(conn, refusal.envelope().to_json());
+                        let refusal = Refusal::new(DenialReason::InvalidTopic, "bad-request", None, "binary frames are not part of the protocol");
+                        session.refuse_legacy(&refusal);
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
@@ -177,9 +240,15 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
             _ = keepalive.tick() => {
                 if last_heard.elapsed() > limits.ping_interval + limits.pong_timeout {
                     shared.metrics.keepalive_timeouts.fetch_add(1, Relaxed);
-                    let _ = sink.send(close(POLICY, "keepalive timeout")).await;
+                    let _ = sink.send(close(GOING_AWAY, "keepalive timeout")).await;
                     break;
                 }
+                // Browser code cannot see pings: a quiet connection also gets
+                // an application frame, so clients never think it dead.
+                if !sent_since_tick && sink.send(Message::Text(protocol::KEEPALIVE.into())).await.is_err() {
+                    break;
+                }
+                sent_since_tick = false;
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
@@ -187,7 +256,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
         }
     }
     if let Some(plugin) = &shared.plugin {
-        if let Err(e) = plugin.on_close(conn, &user_data).await {
+        if let Err(e) = plugin.on_close(conn, &session.user_data).await {
             tracing::warn!(conn, error = %e, "plugin on-close failed");
         }
     }
@@ -199,50 +268,190 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
     shared.metrics.connections_open.fetch_sub(1, Relaxed);
 }
 
-/// Act on one client frame: check, authorize, run the hook.
-async fn handle(
-    shared: &Shared,
-    conn: ConnId,
-    user_data: &Value,
-    subscriptions: &mut HashSet<String>,
-    text: &str,
-) -> Result<(), Refusal> {
-    let message = protocol::parse(text, shared.presence.options().max_topic_bytes)?;
-    let (ClientMessage::Subscribe { topic } | ClientMessage::Unsubscribe { topic }) = &message;
-    let subscribe = matches!(message, ClientMessage::Subscribe { .. });
-    if subscribe && !subscriptions.contains(topic) && subscriptions.len() >= shared.limits.max_subscriptions {
-        let message = format!("at most {} subscriptions per connection", shared.limits.max_subscriptions);
-        return Err(Refusal::new("too-many-subscriptions", Some(topic), message));
+impl Session {
+    fn send(&self, text: String) {
+        self.shared.hub.send_text(self.conn, text);
     }
-    let (subject, action) = match (topic.strip_prefix(PRESENCE_PREFIX), subscribe) {
-        (Some(watched), _) => (watched, Action::Observe),
-        (None, true) => (topic.as_str(), Action::Subscribe),
-        (None, false) => (topic.as_str(), Action::Unsubscribe),
-    };
-    if let Some(plugin) = &shared.plugin {
-        plugin
-            .authorize(conn, user_data, subject, action)
-            .await
-            .map_err(|reason| Refusal::new("denied", Some(topic), reason))?;
+
+    /// Legacy clients hear about a refused frame in an `error` envelope.
+    fn refuse_legacy(&self, refusal: &Refusal) {
+        if self.generation != Generation::Current {
+            self.send(refusal.envelope().to_json());
+        }
     }
-    let result = if subscribe {
-        subscriptions.insert(topic.clone());
+
+    /// Act on one client frame. `Some(code, reason)`: close the connection.
+    async fn handle(&mut self, text: &str) -> Option<(u16, &'static str)> {
+        let metrics = &self.shared.metrics;
+        let message = match protocol::parse(text) {
+            Ok(message) => message,
+            Err(refusal) => {
+                metrics.frames_refused.fetch_add(1, Relaxed);
+                self.refuse_legacy(&refusal);
+                return None;
+            }
+        };
+        if self.generation == Generation::Unknown {
+            self.generation = match &message {
+                ClientMessage::Hello { caps } => {
+                    self.shared.hub.set_current(self.conn, caps.iter().any(|c| c == "batch"));
+                    Generation::Current
+                }
+                _ => Generation::Legacy,
+            };
+        }
+        if !self.rate.admit() {
+            metrics.frames_refused.fetch_add(1, Relaxed);
+            let refusal = Refusal::new(
+                DenialReason::RateLimited,
+                "rate-limited",
+                None,
+                format!("more than {} frames per second", self.shared.limits.messages_per_second),
+            );
+            self.refuse_legacy(&refusal);
+            if self.generation == Generation::Current {
+                self.deny_all(&message, &refusal);
+                // A client that keeps flooding for a second's worth of frames backs off for minutes.
+                self.flooding += 1;
+                if self.flooding > self.shared.limits.messages_per_second {
+                    return Some((RATE_LIMITED, "too many frames"));
+                }
+            }
+            return None;
+        }
+        self.flooding = 0;
+        match message {
+            ClientMessage::Hello { .. } | ClientMessage::Reply {} => {}
+            ClientMessage::Subscribe { topic, reference } => self.subscribe(&topic, reference.as_ref()).await,
+            ClientMessage::SubscribeBatch { topics, reference } => {
+                for topic in topics.iter().take(MAX_BATCH_TOPICS) {
+                    self.subscribe(topic, reference.as_ref()).await;
+                }
+            }
+            ClientMessage::Unsubscribe { topic } => self.unsubscribe(&topic).await,
+            ClientMessage::Resume {} => self.send(protocol::RESUMED.to_owned()),
+            ClientMessage::PresenceSnapshot { topic } => self.shared.presence.resend_list(self.conn, &topic),
+            ClientMessage::Unknown => {
+                metrics.frames_unknown.fetch_add(1, Relaxed);
+                let refusal = Refusal::new(DenialReason::InvalidTopic, "bad-request", None, "unknown message type");
+                self.refuse_legacy(&refusal);
+            }
+        }
+        None
+    }
+
+    /// A refused frame's subscriptions are denied, each with its ref.
+    fn deny_all(&self, message: &ClientMessage, refusal: &Refusal) {
+        let (topics, reference) = match message {
+            ClientMessage::Subscribe { topic, reference } => (std::slice::from_ref(topic), reference),
+            ClientMessage::SubscribeBatch { topics, reference } => {
+                (&topics[..topics.len().min(MAX_BATCH_TOPICS)], reference)
+            }
+            _ => return,
+        };
+        if let Some(reference) = reference {
+            for topic in topics {
+                self.send(protocol::subscribe_denied(topic, reference, &refusal.reason));
+            }
+        }
+    }
+
+    /// Subscribe, then acknowledge: `subscribed` or `subscribe-denied` for a
+    /// frame with a `ref`, an error envelope for a refused legacy one.
+    async fn subscribe(&mut self, topic: &str, reference: Option<&Value>) {
+        let result = self.try_subscribe(topic).await;
+        match (result, reference) {
+            (Ok(()), Some(reference)) => self.send(protocol::subscribed(topic, reference)),
+            (Ok(()), None) => {}
+            (Err(refusal), reference) => {
+                self.shared.metrics.frames_refused.fetch_add(1, Relaxed);
+                tracing::debug!(conn = self.conn, topic, reason = refusal.reason.word(), message = %refusal.message, "subscribe denied");
+                match reference {
+                    Some(reference) => self.send(protocol::subscribe_denied(topic, reference, &refusal.reason)),
+                    None => self.refuse_legacy(&refusal),
+                }
+            }
+        }
+    }
+
+    async fn try_subscribe(&mut self, topic: &str) -> Result<(), Refusal> {
+        let shared = self.shared.clone();
+        protocol::check_topic(topic, shared.presence.options().max_topic_bytes)
+            .map_err(|r| Refusal { topic: Some(topic.to_owned()), ..r })?;
+        let refuse = |reason, code, message: String| Refusal::new(reason, code, Some(topic), message);
+        if self.generation == Generation::Current && topic.starts_with("__") {
+            let message = "topics starting with `__` are internal".into();
+            return Err(refuse(DenialReason::InvalidTopic, "bad-request", message));
+        }
+        if self.subscriptions.contains(topic) {
+            return Ok(()); // already subscribed: nothing new to do or send
+        }
+        if self.subscriptions.len() >= shared.limits.max_subscriptions {
+            let message = format!("at most {} subscriptions per connection", shared.limits.max_subscriptions);
+            return Err(refuse(DenialReason::RateLimited, "too-many-subscriptions", message));
+        }
+        let (subject, action) = match topic.strip_prefix(PRESENCE_PREFIX) {
+            Some(watched) => (watched, Action::Observe),
+            None => (topic, Action::Subscribe),
+        };
+        if let Some(plugin) = &shared.plugin {
+            plugin.authorize(self.conn, &self.user_data, subject, action).await.map_err(|e| match e {
+                AuthorizeError::Denied(reason) => refuse(DenialReason::from_policy(&reason), "denied", reason),
+                AuthorizeError::Failed(error) => {
+                    tracing::warn!(conn = self.conn, topic, %error, "authorize failed; denied");
+                    refuse(DenialReason::InternalError, "denied", "the policy is unavailable".into())
+                }
+            })?;
+        }
+        self.subscriptions.insert(topic.to_owned());
         if !topic.starts_with(PRESENCE_PREFIX) {
-            crate::Platform::subscribe(&*shared.hub, conn, topic);
+            crate::Platform::subscribe(&*shared.hub, self.conn, topic);
         }
-        match &shared.plugin {
-            Some(plugin) => plugin.on_subscribe(conn, user_data, topic).await,
-            None => shared.presence.hooks().subscribe(conn, topic).await.map_err(|e| e.to_string()),
+        let hooked = match &shared.plugin {
+            Some(plugin) => plugin.on_subscribe(self.conn, &self.user_data, topic).await,
+            None => match shared.presence.hooks().subscribe(self.conn, topic).await {
+                // The join is kept and made once the backend answers.
+                Ok(()) | Err(Error::Deferred(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        hooked.map_err(|message| {
+            // Nothing of a failed subscribe stays behind.
+            self.subscriptions.remove(topic);
+            if !topic.starts_with(PRESENCE_PREFIX) {
+                crate::Platform::unsubscribe(&*shared.hub, self.conn, topic);
+            }
+            tracing::warn!(conn = self.conn, topic, error = %message, "subscribe hook failed");
+            refuse(DenialReason::InternalError, "failed", message)
+        })
+    }
+
+    async fn unsubscribe(&mut self, topic: &str) {
+        let shared = self.shared.clone();
+        if let Err(refusal) = protocol::check_topic(topic, shared.presence.options().max_topic_bytes) {
+            self.refuse_legacy(&refusal);
+            return;
         }
-    } else {
-        subscriptions.remove(topic);
+        let (subject, action) = match topic.strip_prefix(PRESENCE_PREFIX) {
+            Some(watched) => (watched, Action::Observe),
+            None => (topic, Action::Unsubscribe),
+        };
+        if let Some(plugin) = &shared.plugin {
+            if let Err(e) = plugin.authorize(self.conn, &self.user_data, subject, action).await {
+                self.refuse_legacy(&Refusal::new(DenialReason::Forbidden, "denied", Some(topic), e.to_string()));
+                return;
+            }
+        }
+        self.subscriptions.remove(topic);
         if !topic.starts_with(PRESENCE_PREFIX) {
-            crate::Platform::unsubscribe(&*shared.hub, conn, topic);
+            crate::Platform::unsubscribe(&*shared.hub, self.conn, topic);
         }
-        match &shared.plugin {
-            Some(plugin) => plugin.on_unsubscribe(conn, user_data, topic).await,
-            None => shared.presence.hooks().unsubscribe(conn, topic).await.map_err(|e| e.to_string()),
+        let result = match &shared.plugin {
+            Some(plugin) => plugin.on_unsubscribe(self.conn, &self.user_data, topic).await,
+            None => shared.presence.hooks().unsubscribe(self.conn, topic).await.map_err(|e| e.to_string()),
+        };
+        if let Err(message) = result {
+            self.refuse_legacy(&Refusal::new(DenialReason::InternalError, "failed", Some(topic), message));
         }
-    };
-    result.map_err(|message| Refusal::new("failed", Some(topic), message))
+    }
 }

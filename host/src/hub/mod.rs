@@ -6,13 +6,24 @@
 //! socket, and calls [`Hub::disconnect`] when it closes. A connection whose
 //! queue is full is cut off (its receiver ends): a slow client can never make
 //! the process buffer without bound.
+//!
+//! Connections speak one of two client generations. Legacy ones (0.3/0.4)
+//! get the engine's envelopes as they are. Current ones (0.5, marked with
+//! [`Hub::set_current`]) get presence as `presence_state` and coalesced
+//! `presence_diff` frames ([`current`]): changes to a topic are collected
+//! and, once per diff window, sent as one frame shared by every current
+//! subscriber, while [`Hub::run_diffs`] runs.
 
-use crate::engine::{ConnId, Envelope, Platform};
+mod current;
+
+use crate::engine::{ConnId, Envelope, Platform, PRESENCE_PREFIX};
+use current::Diff;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
 
 /// One outgoing text frame, shared by every receiver of a broadcast.
 pub type Frame = Arc<str>;
@@ -23,18 +34,34 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Connections cut off because their queue was full.
     overflows: AtomicU64,
+    /// Diffs are waiting for a flush.
+    diffs_waiting: Arc<Notify>,
+    /// Frames sent, for measuring (one per queued frame, batch = one).
+    frames_sent: AtomicU64,
 }
 
 #[derive(Default)]
 struct HubState {
     conns: HashMap<ConnId, Conn>,
     topics: HashMap<String, HashSet<ConnId>>,
+    /// `__presence:T` → changes since the last flush, for current subscribers.
+    diffs: HashMap<String, Diff>,
+    /// `__presence:T` → sequence number of its last presence frame.
+    seqs: HashMap<String, u64>,
 }
 
 struct Conn {
     user_data: Value,
     tx: mpsc::Sender<Frame>,
     topics: HashSet<String>,
+    current: Option<Current>,
+}
+
+/// A current (0.5) client's capabilities, from its `hello`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Current {
+    /// Several frames of one flush may arrive as one `batch` frame.
+    batch: bool,
 }
 
 impl HubState {
@@ -61,6 +88,16 @@ impl HubState {
         }
         ok
     }
+
+    fn next_seq(&mut self, presence_topic: &str) -> u64 {
+        let seq = self.seqs.entry(presence_topic.to_owned()).or_default();
+        *seq += 1;
+        *seq
+    }
+
+    fn is_current(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.current.is_some())
+    }
 }
 
 impl Hub {
@@ -77,8 +114,79 @@ impl Hub {
     pub fn connect(&self, user_data: Value, queue: usize) -> (ConnId, mpsc::Receiver<Frame>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(queue.max(1));
-        self.lock().conns.insert(id, Conn { user_data, tx, topics: HashSet::new() });
+        self.lock().conns.insert(id, Conn { user_data, tx, topics: HashSet::new(), current: None });
         (id, rx)
+    }
+
+    /// Mark a connection as a current (0.5) client: from now on it gets
+    /// presence as `presence_state` / `presence_diff`, batched if `batch`.
+    pub fn set_current(&self, conn: ConnId, batch: bool) {
+        if let Some(entry) = self.lock().conns.get_mut(&conn) {
+            entry.current = Some(Current { batch });
+        }
+    }
+
+    /// Flush waiting diffs every `window` after the first change (0: as soon
+    /// as this task runs again). Runs until the hub is dropped.
+    pub async fn run_diffs(self: Arc<Self>, window: Duration) {
+        let hub = Arc::downgrade(&self);
+        let waiting = self.diffs_waiting.clone();
+        drop(self);
+        loop {
+            waiting.notified().await;
+            if window.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(window).await;
+            }
+            let Some(this) = hub.upgrade() else { return };
+            this.flush_diffs();
+        }
+    }
+
+    /// Send every waiting diff now: one frame per topic, shared by its
+    /// current subscribers; a connection that asked for batches gets all its
+    /// frames of this flush as one.
+    pub fn flush_diffs(&self) {
+        let mut state = self.lock();
+        let diffs = std::mem::take(&mut state.diffs);
+        let mut outgoing: HashMap<ConnId, Vec<Frame>> = HashMap::new();
+        for (topic, diff) in diffs {
+            if diff.is_empty() {
+                continue;
+            }
+            let Some(members) = state.topics.get(&topic) else { continue };
+            let members: Vec<ConnId> = members.iter().copied().filter(|c| state.is_current(*c)).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let seq = state.next_seq(&topic);
+            let frame: Frame = diff.frame(&topic, seq).into();
+            for conn in members {
+                outgoing.entry(conn).or_default().push(frame.clone());
+            }
+        }
+        for (conn, frames) in outgoing {
+            let batch = state.conns.get(&conn).and_then(|c| c.current).is_some_and(|c| c.batch);
+            let frames: Vec<Frame> =
+                if batch && frames.len() > 1 { vec![current::batch_frame(&frames).into()] } else { frames };
+            for frame in frames {
+                self.count_delivery(&mut state, conn, &frame);
+            }
+        }
+    }
+
+    fn count_delivery(&self, state: &mut HubState, conn: ConnId, frame: &Frame) {
+        if state.deliver(conn, frame) {
+            self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames queued for connections so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent.load(Ordering::Relaxed)
     }
 
     /// Forget a connection and its subscriptions.
@@ -91,7 +199,9 @@ impl Hub {
         let frame = text.into();
         let mut state = self.lock();
         let ok = state.deliver(conn, &frame);
-        if !ok {
+        if ok {
+            self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
             self.overflows.fetch_add(1, Ordering::Relaxed);
         }
         ok
@@ -147,21 +257,39 @@ impl Platform for Hub {
         }
     }
 
+    /// A `list` reaches a current connection as a `presence_state`.
     fn send(&self, conn: ConnId, envelope: &Envelope) {
-        self.send_text(conn, envelope.to_json());
+        let mut state = self.lock();
+        let frame: Frame = if envelope.event == "list" && state.is_current(conn) {
+            let seq = state.seqs.get(&envelope.topic).copied().unwrap_or(0);
+            current::state_frame(&envelope.topic, &envelope.data, seq).into()
+        } else {
+            envelope.to_json().into()
+        };
+        self.count_delivery(&mut state, conn, &frame);
     }
 
+    /// Presence changes reach legacy subscribers now and current ones as the
+    /// topic's next `presence_diff`; everything else reaches all as it is.
     fn publish(&self, topic: &str, envelope: &Envelope) {
         let mut state = self.lock();
         let Some(members) = state.topics.get(topic) else {
             return;
         };
-        let members: Vec<ConnId> = members.iter().copied().collect();
+        let change =
+            topic.starts_with(PRESENCE_PREFIX) && matches!(envelope.event.as_str(), "join" | "leave" | "updated");
+        let (current, legacy): (Vec<ConnId>, Vec<ConnId>) =
+            members.iter().copied().partition(|c| change && state.is_current(*c));
+        if !current.is_empty() {
+            state.diffs.entry(topic.to_owned()).or_default().record(&envelope.event, &envelope.data);
+            self.diffs_waiting.notify_one();
+        }
+        if legacy.is_empty() {
+            return;
+        }
         let frame: Frame = envelope.to_json().into();
-        for conn in members {
-            if !state.deliver(conn, &frame) {
-                self.overflows.fetch_add(1, Ordering::Relaxed);
-            }
+        for conn in legacy {
+            self.count_delivery(&mut state, conn, &frame);
         }
     }
 

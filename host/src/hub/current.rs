@@ -1,0 +1,152 @@
+//! Presence for current (0.5) clients: the `presence_state` / `presence_diff`
+//! encoding of what the engine emits as `list` / `join` / `leave` /
+//! `updated`, and the per-topic diff that coalesces changes between flushes.
+//!
+//! A diff keeps only the latest change per key — a data change is a `joins`
+//! entry, and a key is never in both halves — so a burst of 1,000 joins into
+//! a topic costs each current subscriber one frame per flush, built once and
+//! shared by all of them.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+
+/// One member as the engine sends it: `{"key":…,"data":…}`.
+#[derive(Deserialize)]
+struct Member<'a> {
+    key: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Changes to one topic since the last flush: key → data JSON.
+#[derive(Default)]
+pub(super) struct Diff {
+    joins: HashMap<String, String>,
+    leaves: HashMap<String, String>,
+}
+
+impl Diff {
+    /// Record one engine event (`join`, `updated`, `leave` with
+    /// `{"key","data"}`); other events and malformed data are ignored.
+    pub fn record(&mut self, event: &str, member: &RawValue) {
+        let Ok(Member { key, data }) = serde_json::from_str::<Member>(member.get()) else {
+            return;
+        };
+        let data = data.get().to_owned();
+        match event {
+            "join" | "updated" => {
+                self.leaves.remove(&key);
+                self.joins.insert(key, data);
+            }
+            "leave" => {
+                self.joins.remove(&key);
+                self.leaves.insert(key, data);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    /// `{"joins":{…},"leaves":{…}}`
+    fn data_json(&self) -> String {
+        let mut json = String::from(r#"{"joins":"#);
+        push_map(&mut json, self.joins.iter());
+        json.push_str(r#","leaves":"#);
+        push_map(&mut json, self.leaves.iter());
+        json.push('}');
+        json
+    }
+
+    /// The whole `presence_diff` frame for `presence_topic` (`__presence:T`).
+    pub fn frame(&self, presence_topic: &str, seq: u64) -> String {
+        event_frame(presence_topic, "presence_diff", &self.data_json(), seq)
+    }
+}
+
+fn push_map<'a>(json: &mut String, entries: impl Iterator<Item = (&'a String, &'a String)>) {
+    json.push('{');
+    for (i, (key, data)) in entries.enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&serde_json::to_string(key).expect("strings serialise"));
+        json.push(':');
+        json.push_str(data);
+    }
+    json.push('}');
+}
+
+/// `{"topic":…,"event":…,"data":…,"seq":…}` with `data` already JSON.
+pub(super) fn event_frame(topic: &str, event: &str, data: &str, seq: u64) -> String {
+    format!(
+        r#"{{"topic":{},"event":"{event}","data":{data},"seq":{seq}}}"#,
+        serde_json::to_string(topic).expect("strings serialise")
+    )
+}
+
+/// A `list` (`[{"key","data"},…]`) as a `presence_state` (`{key: data}`).
+pub(super) fn state_frame(presence_topic: &str, list: &RawValue, seq: u64) -> String {
+    let members: Vec<Member> = serde_json::from_str(list.get()).unwrap_or_default();
+    let mut data = String::from("{");
+    for (i, member) in members.iter().enumerate() {
+        if i > 0 {
+            data.push(',');
+        }
+        data.push_str(&serde_json::to_string(&member.key).expect("strings serialise"));
+        data.push(':');
+        data.push_str(member.data.get());
+    }
+    data.push('}');
+    event_frame(presence_topic, "presence_state", &data, seq)
+}
+
+/// Several event frames of one flush as one `{"type":"batch","events":[…]}`.
+pub(super) fn batch_frame(frames: &[std::sync::Arc<str>]) -> String {
+    let mut json = String::from(r#"{"type":"batch","events":["#);
+    for (i, frame) in frames.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(frame);
+    }
+    json.push_str("]}");
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn raw(value: Value) -> Box<RawValue> {
+        RawValue::from_string(value.to_string()).unwrap()
+    }
+
+    /// The latest change per key wins; a key is never in both halves; a data
+    /// change is a join.
+    #[test]
+    fn latest_change_per_key_wins() {
+        let mut diff = Diff::default();
+        diff.record("join", &raw(json!({"key": "a", "data": {"v": 1}})));
+        diff.record("leave", &raw(json!({"key": "a", "data": {"v": 1}})));
+        diff.record("join", &raw(json!({"key": "b", "data": {"v": 1}})));
+        diff.record("updated", &raw(json!({"key": "b", "data": {"v": 2}})));
+        diff.record("leave", &raw(json!({"key": "c", "data": null})));
+        diff.record("join", &raw(json!({"key": "c", "data": {"v": 3}})));
+        let frame: Value = serde_json::from_str(&diff.frame("__presence:t", 7)).unwrap();
+        assert_eq!(frame["seq"], 7);
+        assert_eq!(frame["data"], json!({"joins": {"b": {"v": 2}, "c": {"v": 3}}, "leaves": {"a": {"v": 1}}}));
+    }
+
+    #[test]
+    fn list_becomes_state() {
+        let list = raw(json!([{"key": "a", "data": {"n": 1}}, {"key": "b\"", "data": null}]));
+        let frame: Value = serde_json::from_str(&state_frame("__presence:t", &list, 3)).unwrap();
+        assert_eq!(frame["event"], "presence_state");
+        assert_eq!(frame["data"], json!({"a": {"n": 1}, "b\"": null}));
+    }
+}
