@@ -59,6 +59,19 @@ impl Drop for Served {
     }
 }
 
+/// A minimal HTTP/1.1 POST with extra headers: (status, response headers and body).
+pub async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+    let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response)
+}
+
 /// A minimal HTTP/1.1 GET (status, body) — enough for health and metrics.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,6 +94,105 @@ impl WsClient {
     pub async fn connect(url: &str) -> Result<Self, tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
         Ok(Self { stream, seen: Vec::new(), closed: None })
+    }
+
+    /// Connect sending a `Cookie` header (e.g. a preflight's session).
+    pub async fn connect_with_cookie(url: &str, cookie: &str) -> Result<Self, tungstenite::Error> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { stream, seen: Vec::new(), closed: None })
+    }
+
+    /// Open as a current (0.5) client: `hello` with these capabilities.
+    pub async fn hello(&mut self, caps: &[&str]) {
+        self.send_text(&json!({"type": "hello", "caps": caps}).to_string()).await;
+    }
+
+    pub async fn subscribe_ref(&mut self, topic: &str, reference: u64) {
+        self.send_text(&json!({"type": "subscribe", "topic": topic, "ref": reference}).to_string()).await;
+    }
+
+    pub async fn subscribe_batch(&mut self, topics: &[String], reference: Option<u64>) {
+        let mut frame = json!({"type": "subscribe-batch", "topics": topics});
+        if let Some(reference) = reference {
+            frame["ref"] = json!(reference);
+        }
+        self.send_text(&frame.to_string()).await;
+    }
+
+    /// Read until any frame matches `pred` (batch frames are also kept whole).
+    pub async fn wait_frame(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + super::DEADLINE;
+        if let Some(found) = self.seen.iter().find(|f| pred(f)) {
+            return found.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("server sends JSON");
+                    self.seen.push(frame.clone());
+                    if pred(&frame) {
+                        return frame;
+                    }
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    self.closed = Some(frame.map(|f| f.code.into()));
+                    panic!("closed while waiting for {what}: {:?}; seen {:#?}", self.closed, self.seen);
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => panic!("socket error while waiting for {what}: {e}"),
+                Ok(None) => panic!("socket ended while waiting for {what}"),
+                Err(_) => panic!("no {what} within {:?}; seen {:#?}", super::DEADLINE, self.seen),
+            }
+        }
+    }
+
+    /// Frames of this `type` received so far.
+    pub fn of_type(&self, kind: &str) -> Vec<Value> {
+        self.seen.iter().filter(|f| f["type"] == kind).cloned().collect()
+    }
+
+    /// Replay the presence frames of `topic` a current client received
+    /// (`presence_state` replaces, `presence_diff` removes its leaves then
+    /// adds its joins), batches included: key → data.
+    pub fn presence_view(&self, topic: &str) -> std::collections::BTreeMap<String, Value> {
+        let presence = format!("__presence:{topic}");
+        let mut view = std::collections::BTreeMap::new();
+        let events = self.seen.iter().flat_map(|f| match f["type"].as_str() {
+            Some("batch") => f["events"].as_array().cloned().unwrap_or_default(),
+            _ => vec![f.clone()],
+        });
+        for event in events.filter(|e| e["topic"] == presence.as_str()) {
+            let data = &event["data"];
+            match event["event"].as_str() {
+                Some("presence_state") => {
+                    view = data.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                }
+                Some("presence_diff") => {
+                    for key in data["leaves"].as_object().unwrap().keys() {
+                        view.remove(key);
+                    }
+                    for (key, value) in data["joins"].as_object().unwrap() {
+                        view.insert(key.clone(), value.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        view
+    }
+
+    /// Read whatever arrives within `period` (for counting frames of a burst).
+    pub async fn drain_for(&mut self, period: Duration) {
+        let until = Instant::now() + period;
+        while let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(until.saturating_duration_since(Instant::now()), self.stream.next()).await
+        {
+            self.seen.push(serde_json::from_str(&text).expect("server sends JSON"));
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {

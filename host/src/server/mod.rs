@@ -183,6 +183,11 @@ impl PresenceServer {
         &self.shared.presence
     }
 
+    /// The connections: publish to topics, count frames, inspect subscriptions.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.shared.hub
+    }
+
     pub fn plugin(&self) -> Option<&Arc<PluginHost>> {
         self.shared.plugin.as_ref()
     }

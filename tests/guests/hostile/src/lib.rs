@@ -1,9 +1,11 @@
 //! A hostile plugin for sandbox tests. Its `select` misbehaves as the user
 //! data's `attack` field says; without one it answers like a normal plugin.
 //! Its subscribe hook joins, then never returns on `hang-*` topics (the host
-//! must cut it off without cutting the join in half).
+//! must cut it off without cutting the join in half). Its `authorize` refuses
+//! `word-*` topics with a machine word, `prose-*` with a sentence, and traps
+//! on `trap-*`; its `authenticate` refuses `?deny=<status>` with that status.
 
-use presence_guest::{kv, log, presence, Connection, Json, Plugin};
+use presence_guest::{kv, log, presence, Action, Connection, Denial, Json, Plugin, UpgradeRequest};
 use serde_json::{json, Value};
 
 struct Hostile;
@@ -61,6 +63,27 @@ impl Plugin for Hostile {
             "env" => Ok(json!({ "vars": std::env::vars().count() }).to_string()),
             _ => Ok(json!({ "id": user["id"], "hostile": true }).to_string()),
         }
+    }
+
+    fn authenticate(request: UpgradeRequest) -> Result<Json, Denial> {
+        let denied = request.query.split('&').find_map(|pair| pair.strip_prefix("deny="));
+        match denied.and_then(|status| status.parse().ok()) {
+            Some(status) => Err(Denial { status, reason: format!("denied with {status} on purpose") }),
+            None => Ok(presence_guest::defaults::user_data_from_query(&request.query)),
+        }
+    }
+
+    fn authorize(_conn: Connection, topic: String, _action: Action) -> Result<(), String> {
+        if topic.starts_with("word-") {
+            return Err("ROOM_FULL".into());
+        }
+        if topic.starts_with("prose-") {
+            return Err("this room is full, sorry".into());
+        }
+        if topic.starts_with("trap-") {
+            panic!("authorize traps on purpose");
+        }
+        Ok(())
     }
 
     fn on_subscribe(conn: Connection, topic: String) -> Result<(), String> {

@@ -1,0 +1,264 @@
+//! Every client generation against real `presenced` servers, with a protocol
+//! client written from the specification (`tests/support/ws.rs`): current
+//! (0.5) and legacy (0.3/0.4) clients on one topic across two instances,
+//! acks and each denial reason, batches, resume, coalesced diffs, close
+//! codes, the application keepalive and the auth preflight.
+
+use presence::plugin::PluginConfig;
+use presence::server::{ServerConfig, ServerLimits};
+use presence_tests::guests::build_guest;
+use presence_tests::ws::{http_post, Served, WsClient};
+use presence_tests::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn config() -> ServerConfig {
+    ServerConfig { options: fast_options(), ..ServerConfig::default() }
+}
+
+fn with_limits(limits: ServerLimits) -> ServerConfig {
+    ServerConfig { limits, ..config() }
+}
+
+async fn current(served: &Served, query: &str) -> WsClient {
+    let mut client = served.connect(query).await;
+    client.hello(&["batch"]).await;
+    client
+}
+
+fn is(kind: &'static str, topic: &'static str) -> impl Fn(&Value) -> bool {
+    move |f| f["type"] == kind && f["topic"] == topic
+}
+
+/// A legacy client on one instance and a current one on the other, on one
+/// Redis: each sees the other, each in its own events; the current one gets
+/// a `welcome`, an ack, a `presence_state` and then `presence_diff`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_generations_see_each_other_across_instances() {
+    let redis = RedisServer::start();
+    let shared = ServerConfig { redis: Some(presence::backend::redis::RedisOptions::new(redis.url())), ..config() };
+    let a = Served::start(shared.clone()).await;
+    let b = Served::start(shared).await;
+
+    let mut legacy = a.connect("id=lea&name=Lea").await;
+    legacy.subscribe("room").await;
+    legacy.wait_for("list", |_| true).await;
+
+    let mut now = current(&b, "id=cy&name=Cy").await;
+    let welcome = now.wait_frame("welcome", |f| f["type"] == "welcome").await;
+    assert!(welcome["sessionId"].as_str().is_some_and(|s| !s.is_empty()), "{welcome}");
+    now.subscribe_ref("room", 1).await;
+    let ack = now.wait_frame("subscribed", is("subscribed", "room")).await;
+    assert_eq!(ack["ref"], 1);
+    let state = now.wait_frame("presence_state", |f| f["event"] == "presence_state").await;
+    assert_eq!(state["topic"], "__presence:room");
+    assert_eq!(state["data"]["lea"], json!({"id": "lea", "name": "Lea"}), "{state}");
+    assert_eq!(state["data"]["cy"], json!({"id": "cy", "name": "Cy"}), "{state}");
+    assert!(now.seen.iter().all(|f| f["event"] != "list" && f["event"] != "join"), "no legacy events");
+
+    legacy.wait_for("join", |e| e["data"]["key"] == "cy").await;
+    assert!(legacy.seen.iter().all(|f| f["event"] != "presence_diff"), "no current events for legacy");
+
+    let mut late = a.connect("id=max").await;
+    late.subscribe("room").await;
+    now.wait_frame("diff with max", |f| {
+        f["event"] == "presence_diff" && f["data"]["joins"].get("max").is_some() && f["seq"].as_u64().is_some()
+    })
+    .await;
+    legacy.close().await;
+    now.wait_frame("diff with lea leaving", |f| {
+        f["event"] == "presence_diff" && f["data"]["leaves"].get("lea").is_some()
+    })
+    .await;
+    let view = now.presence_view("room");
+    assert_eq!(view.keys().collect::<Vec<_>>(), ["cy", "max"]);
+}
+
+/// Each denial reason reaches a current client as `subscribe-denied` with
+/// the frame's ref, and nothing of a denied subscribe stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_carry_a_reason_the_client_can_act_on() {
+    let wasm = build_guest("tests/guests/hostile");
+    let limits = ServerLimits { max_subscriptions: 2, ..ServerLimits::default() };
+    let served = Served::start(ServerConfig { plugin: Some(PluginConfig::new(wasm)), ..with_limits(limits) }).await;
+    let mut client = current(&served, "id=ada").await;
+    let cases = [
+        ("__presence:room", "INVALID_TOPIC"),
+        ("", "INVALID_TOPIC"),
+        ("word-room", "ROOM_FULL"),
+        ("prose-room", "FORBIDDEN"),
+        ("trap-room", "INTERNAL_ERROR"),
+    ];
+    for (i, (topic, reason)) in cases.iter().enumerate() {
+        client.subscribe_ref(topic, i as u64).await;
+        let denied = client.wait_frame("a denial", |f| f["type"] == "subscribe-denied" && f["ref"] == i as u64).await;
+        assert_eq!((denied["topic"].as_str(), denied["reason"].as_str()), (Some(*topic), Some(*reason)));
+    }
+    client.subscribe_ref("one", 10).await;
+    client.subscribe_ref("two", 11).await;
+    client.subscribe_ref("three", 12).await;
+    client.wait_frame("ack 11", |f| f["type"] == "subscribed" && f["ref"] == 11).await;
+    let capped = client.wait_frame("a cap denial", |f| f["ref"] == 12).await;
+    assert_eq!(capped["reason"], "RATE_LIMITED");
+    assert_eq!(served.server.presence().count("word-room").await.unwrap(), 0);
+    assert_eq!(served.server.hub().subscribers("word-room"), 0);
+    assert_eq!(served.server.hub().subscribers("trap-room"), 0, "no subscription left behind");
+}
+
+/// A `subscribe-batch` is processed up to 256 topics, one ack each with the
+/// batch's ref; without a ref (a 0.4 client) it subscribes and acks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_batch_acks_each_topic_up_to_256() {
+    let limits = ServerLimits { max_subscriptions: 1000, ..ServerLimits::default() };
+    let served = Served::start(with_limits(limits)).await;
+    let mut client = current(&served, "id=ada").await;
+    let topics: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    client.subscribe_batch(&topics, Some(9)).await;
+    client.send_text(r#"{"type":"resume","sessionId":"x","lastSeenSeqs":{}}"#).await;
+    client.wait_frame("resumed", |f| f["type"] == "resumed").await; // frames are handled in order
+    let acks = client.of_type("subscribed");
+    assert_eq!(acks.len(), 256);
+    assert!(acks.iter().all(|a| a["ref"] == 9));
+    assert_eq!(served.server.presence().count("t255").await.unwrap(), 1);
+    assert_eq!(served.server.presence().count("t256").await.unwrap(), 0);
+
+    // A 0.4 client: no hello, subscribe-batch without a ref, legacy events.
+    let mut legacy = served.connect("id=old").await;
+    legacy.subscribe_batch(&["t0".to_owned(), "t1".to_owned()], None).await;
+    legacy.wait_for("list", |l| l["topic"] == "__presence:t1").await;
+    assert!(legacy.of_type("subscribed").is_empty());
+}
+
+/// `resume` is always answered; a client that reconnects and subscribes
+/// again gets a fresh `presence_state` (its store is not cleared on close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_and_resubscribe_get_a_fresh_state() {
+    let served = Served::start(config()).await;
+    let mut bob = served.connect("id=bob").await;
+    bob.subscribe("room").await;
+    bob.wait_for("list", |_| true).await;
+
+    let mut first = current(&served, "id=cy").await;
+    first.subscribe_ref("room", 1).await;
+    first.wait_frame("state", |f| f["event"] == "presence_state").await;
+    first.close().await;
+    bob.close().await;
+
+    let mut again = current(&served, "id=cy").await;
+    again.send_text(r#"{"type":"resume","sessionId":"whatever","lastSeenSeqs":{"room":3}}"#).await;
+    again.wait_frame("resumed", |f| f["type"] == "resumed").await;
+    again.subscribe_batch(&["room".to_owned()], Some(2)).await;
+    let state = again.wait_frame("fresh state", |f| f["event"] == "presence_state").await;
+    assert_eq!(state["data"], json!({"cy": {"id": "cy"}}), "bob is gone: {state}");
+    // The presence store asks for a snapshot on every open, too.
+    again.send_text(r#"{"type":"presence-snapshot","topic":"room"}"#).await;
+    again.send_text(r#"{"type":"resume"}"#).await; // frames are handled in order
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while again.of_type("resumed").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second `resumed`");
+        again.drain_for(Duration::from_millis(50)).await;
+    }
+    let states = again.seen.iter().filter(|f| f["event"] == "presence_state").count();
+    assert_eq!(states, 2, "the snapshot request was answered: {:#?}", again.seen);
+}
+
+/// 1,000 users joining one topic in a burst reach a current subscriber as
+/// the full set in a few dozen frames, not 1,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_joins_is_coalesced_into_few_frames() {
+    let served = Served::start(config()).await;
+    let mut watcher = current(&served, "id=watcher").await;
+    watcher.subscribe_ref("burst", 1).await;
+    watcher.wait_frame("state", |f| f["event"] == "presence_state").await;
+    let before = watcher.seen.len();
+    let presence = served.server.presence().clone();
+    let hub = served.server.hub().clone();
+    let joins = (0..1000).map(|i| {
+        // Each joiner also receives the others' legacy joins: room for all of them.
+        let (conn, rx) = hub.connect(json!({"id": format!("u{i}")}), 2048);
+        let presence = presence.clone();
+        async move {
+            presence.join(conn, "burst").await.unwrap();
+            rx
+        }
+    });
+    let _receivers = futures::future::join_all(joins).await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while watcher.presence_view("burst").len() < 1001 {
+        assert!(std::time::Instant::now() < deadline, "only {} of 1001 shown", watcher.presence_view("burst").len());
+        watcher.drain_for(Duration::from_millis(50)).await;
+    }
+    let frames = watcher.seen.len() - before;
+    println!("1,000 joins reached a current subscriber in {frames} frames");
+    assert!(frames <= 40, "{frames} frames for 1,000 joins");
+}
+
+/// Close codes a client acts on: an upgrade the plugin refuses is accepted
+/// and closed 4401 or 4403 with the plugin's reason (never an HTTP status a
+/// browser retries forever); a current client that floods is closed 4429;
+/// unknown frames are ignored, not answered with a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_codes_match_what_clients_do_with_them() {
+    let wasm = build_guest("tests/guests/hostile");
+    let limits = ServerLimits { messages_per_second: 5, ..ServerLimits::default() };
+    let served = Served::start(ServerConfig { plugin: Some(PluginConfig::new(wasm)), ..with_limits(limits) }).await;
+    for (status, code) in [(401, 4401), (403, 4403), (429, 4429)] {
+        let mut refused = served.connect(&format!("id=x&deny={status}")).await;
+        assert_eq!(refused.wait_closed().await, Some(code), "status {status}");
+    }
+
+    let mut client = current(&served, "id=ok").await;
+    client.send_text(r#"{"type":"from-the-future","x":1}"#).await;
+    client.send_text(r#"{"type":"resume"}"#).await;
+    client.wait_frame("resumed", |f| f["type"] == "resumed").await;
+    assert!(client.of_type("error").is_empty() && client.seen.iter().all(|f| f["event"] != "error"));
+    let (_, metrics) = served.get("/metrics").await;
+    assert!(metrics.contains("presence_frames_unknown_total 1"), "{metrics}");
+
+    for _ in 0..40 {
+        client.send_text(r#"{"type":"reply","ref":1,"data":null}"#).await;
+    }
+    assert_eq!(client.wait_closed().await, Some(4429));
+}
+
+/// A quiet connection still gets an application frame every ping interval
+/// (browser code cannot see pings; current clients drop a silent socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_connections_get_keepalive_frames() {
+    let limits = ServerLimits { ping_interval: Duration::from_millis(200), ..ServerLimits::default() };
+    let served = Served::start(with_limits(limits)).await;
+    let mut quiet = current(&served, "id=q").await;
+    quiet.wait_frame("keepalive", |f| f["type"] == "ping").await;
+}
+
+/// The auth preflight: 204 and a signed session cookie that an upgrade on
+/// another instance (sharing the key) accepts without authenticating again;
+/// refusals answer the plugin's status; a request without the client's
+/// header is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_preflight_session_works_on_every_instance() {
+    let key = Some(vec![42; 32]);
+    let a = Served::start(ServerConfig { session_key: key.clone(), ..config() }).await;
+    let b = Served::start(ServerConfig { session_key: key, ..config() }).await;
+    let header = [("x-requested-with", "svelte-adapter-uws")];
+    let (status, response) = http_post(a.addr, "/__ws/auth?id=ada&name=Ada", &header).await;
+    assert_eq!(status, 204, "{response}");
+    let set_cookie = response.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite"), "{set_cookie}");
+    let cookie = set_cookie.split_once(':').unwrap().1.trim().split(';').next().unwrap();
+
+    let mut client = WsClient::connect_with_cookie(&b.url("/ws"), cookie).await.unwrap();
+    client.hello(&[]).await;
+    client.subscribe_ref("room", 1).await;
+    let state = client.wait_frame("state", |f| f["event"] == "presence_state").await;
+    assert_eq!(state["data"], json!({"ada": {"id": "ada", "name": "Ada"}}));
+
+    let (status, _) = http_post(a.addr, "/__ws/auth?id=ada", &[]).await;
+    assert_eq!(status, 403, "the client's header is required");
+    let wasm = build_guest("tests/guests/hostile");
+    let gated = Served::start(ServerConfig { plugin: Some(PluginConfig::new(wasm)), ..config() }).await;
+    let (status, _) = http_post(gated.addr, "/__ws/auth?deny=401", &header).await;
+    assert_eq!(status, 401);
+    let (status, _) = http_post(gated.addr, "/__ws/auth?id=ok", &header).await;
+    assert_eq!(status, 204);
+}
