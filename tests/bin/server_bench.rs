@@ -51,9 +51,10 @@ impl Drop for Presenced {
     }
 }
 
-/// A client task: connects, optionally subscribes, reports its first `list`
-/// and forwards every `join` key it sees; keeps reading (and answering pings)
-/// until dropped.
+/// A client task: connects (as a current client, `hello` first, if
+/// `current`), optionally subscribes, reports its first `list` or
+/// `presence_state` and forwards every `join` key it sees; keeps reading
+/// (and answering pings) until dropped.
 struct Client {
     outgoing: mpsc::UnboundedSender<Message>,
     task: tokio::task::JoinHandle<()>,
@@ -71,11 +72,15 @@ async fn client(
     topic: Option<String>,
     listed: Option<oneshot::Sender<()>>,
     joins: Option<mpsc::UnboundedSender<(String, Instant)>>,
+    current: bool,
 ) -> Client {
     let (ws, _) =
         tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?id={id}&name={id}")).await.expect("connect");
     let (mut sink, mut stream) = ws.split();
     let (outgoing, mut rx) = mpsc::unbounded_channel::<Message>();
+    if current {
+        let _ = outgoing.send(Message::Text(json!({"type": "hello", "caps": ["batch"]}).to_string().into()));
+    }
     if let Some(topic) = topic {
         let _ = outgoing.send(Message::Text(json!({"type": "subscribe", "topic": topic}).to_string().into()));
     }
@@ -91,14 +96,15 @@ async fn client(
                     Some(Ok(Message::Text(text))) => {
                         // Parse only what this client reports on: the load
                         // generator must not be the bottleneck.
-                        let wanted = (listed.is_some() && text.contains(r#""event":"list""#))
+                        let wanted = (listed.is_some()
+                            && (text.contains(r#""event":"list""#) || text.contains(r#""event":"presence_state""#)))
                             || (joins.is_some() && text.contains(r#""event":"join""#));
                         if !wanted {
                             continue;
                         }
                         let envelope: Value = serde_json::from_str(&text).unwrap_or_default();
                         match envelope["event"].as_str() {
-                            Some("list") => if let Some(tx) = listed.take() { let _ = tx.send(()); },
+                            Some("list" | "presence_state") => if let Some(tx) = listed.take() { let _ = tx.send(()); },
                             Some("join") => if let Some(joins) = &joins {
                                 let _ = joins.send((envelope["data"]["key"].as_str().unwrap_or("").to_owned(), Instant::now()));
                             },
@@ -114,16 +120,16 @@ async fn client(
     Client { outgoing, task }
 }
 
-/// Connect `n` clients (alternating instances), then have them all join
-/// (100 per topic); returns them and joins/s from the first subscribe until
-/// every client had its list.
-async fn crowd(ports: [u16; 2], n: usize, tag: &str) -> (Vec<Client>, f64) {
+/// Connect `n` clients of one generation (alternating instances), then have
+/// them all join (100 per topic); returns them and joins/s from the first
+/// subscribe until every client had its list (or state).
+async fn crowd(ports: [u16; 2], n: usize, tag: &str, current: bool) -> (Vec<Client>, f64) {
     let mut pending = Vec::with_capacity(n);
     let mut clients = Vec::with_capacity(n);
     let mut connecting = futures::stream::iter(0..n)
         .map(|i| async move {
             let (tx, rx) = oneshot::channel();
-            (client(ports[i % 2], &format!("{tag}{i}"), None, Some(tx), None).await, rx)
+            (client(ports[i % 2], &format!("{tag}{i}"), None, Some(tx), None, current).await, rx)
         })
         .buffer_unordered(256);
     while let Some((c, rx)) = connecting.next().await {
@@ -145,12 +151,12 @@ async fn crowd(ports: [u16; 2], n: usize, tag: &str) -> (Vec<Client>, f64) {
 async fn join_latency(ports: [u16; 2], samples: usize) -> (f64, f64) {
     let (joins_tx, mut joins) = mpsc::unbounded_channel();
     let (tx, rx) = oneshot::channel();
-    let observer = client(ports[1], "observer", Some("__presence:probe".into()), Some(tx), Some(joins_tx)).await;
+    let observer = client(ports[1], "observer", Some("__presence:probe".into()), Some(tx), Some(joins_tx), false).await;
     rx.await.unwrap();
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples {
         let key = format!("probe{i}");
-        let probe = client(ports[0], &key, None, None, None).await;
+        let probe = client(ports[0], &key, None, None, None, false).await;
         let sent = Instant::now();
         probe.outgoing.send(Message::Text(json!({"type": "subscribe", "topic": "probe"}).to_string().into())).unwrap();
         loop {
@@ -166,6 +172,27 @@ async fn join_latency(ports: [u16; 2], samples: usize) -> (f64, f64) {
     }
     drop(observer);
     percentiles(&mut latencies)
+}
+
+/// Frames both servers have queued for their clients so far (`/metrics`).
+async fn frames_sent(ports: [u16; 2]) -> u64 {
+    let mut total = 0;
+    for port in ports {
+        let (_, metrics) = presence_tests::ws::http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
+        let line = metrics.lines().find(|l| l.starts_with("presence_frames_sent_total ")).unwrap_or("x 0");
+        total += line.split(' ').nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+/// One generation's crowd of `n`: joins/s and frames sent per join.
+async fn generation(ports: [u16; 2], n: usize, tag: &str, current: bool) -> (Vec<Client>, f64, f64) {
+    let before = frames_sent(ports).await;
+    let (crowd, rate) = crowd(ports, n, tag, current).await;
+    // Let the last coalesced diffs go out before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let frames = (frames_sent(ports).await - before) as f64 / n as f64;
+    (crowd, rate, frames)
 }
 
 /// The engine alone, in this process, on the same Redis: joins/s for `n` users.
@@ -198,7 +225,7 @@ pub async fn run() {
     // Memory per idle connection.
     let before = a.rss_kib();
     let idle: Vec<Client> = futures::stream::iter(0..5_000)
-        .map(|i| client(a.port, Box::leak(format!("idle{i}").into_boxed_str()), None, None, None))
+        .map(|i| client(a.port, Box::leak(format!("idle{i}").into_boxed_str()), None, None, None, false))
         .buffer_unordered(256)
         .collect()
         .await;
@@ -210,19 +237,27 @@ pub async fn run() {
     println!("|---|---|---|");
     let mut rows: Vec<(String, Vec<String>)> = vec![
         ("join → `join` on the other instance, p50 / p99".into(), vec![]),
-        ("joins/s through WebSocket + presenced + Redis".into(), vec![]),
+        ("joins/s, legacy clients (0.3/0.4) through WebSocket + presenced + Redis".into(), vec![]),
+        ("joins/s, current clients (0.5), same path".into(), vec![]),
+        ("frames sent per join, legacy / current".into(), vec![]),
         ("joins/s, engine alone on the same Redis".into(), vec![]),
+        ("current ÷ legacy joins/s; current ÷ engine alone".into(), vec![]),
     ];
     for n in [1_000, 10_000] {
-        let tag = format!("c{n}-");
-        let (crowd, stack_rate) = crowd(ports, n, &tag).await;
+        let (legacy, legacy_rate, legacy_frames) = generation(ports, n, &format!("l{n}-"), false).await;
         let (p50, p99) = join_latency(ports, 300).await;
+        drop(legacy);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (current, current_rate, current_frames) = generation(ports, n, &format!("c{n}-"), true).await;
+        drop(current);
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let engine_rate = engine_joins(&redis.url(), n).await;
         rows[0].1.push(format!("{:.2} / {:.2} ms", p50 / 1e3, p99 / 1e3));
-        rows[1].1.push(format!("{stack_rate:.0}"));
-        rows[2].1.push(format!("{engine_rate:.0}"));
-        drop(crowd);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        rows[1].1.push(format!("{legacy_rate:.0}"));
+        rows[2].1.push(format!("{current_rate:.0}"));
+        rows[3].1.push(format!("{legacy_frames:.1} / {current_frames:.1}"));
+        rows[4].1.push(format!("{engine_rate:.0}"));
+        rows[5].1.push(format!("{:.2}; {:.2}", current_rate / legacy_rate, current_rate / engine_rate));
     }
     for (name, values) in rows {
         println!("| {name} | {} |", values.join(" | "));

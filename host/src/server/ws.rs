@@ -203,7 +203,12 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
             frame = outbox.recv() => match frame {
                 Some(text) => {
                     sent_since_tick = true;
-                    if sink.send(Message::Text(text.as_ref().into())).await.is_err() {
+                    // Everything already queued goes out with one flush.
+                    let mut written = sink.feed(Message::Text(text.as_ref().into())).await;
+                    while let (Ok(()), Ok(next)) = (&written, outbox.try_recv()) {
+                        written = sink.feed(Message::Text(next.as_ref().into())).await;
+                    }
+                    if written.is_err() || sink.flush().await.is_err() {
                         break;
                     }
                 }
