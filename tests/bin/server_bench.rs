@@ -38,6 +38,15 @@ impl Presenced {
         Self { child, port }
     }
 
+    /// CPU seconds (user + system) the process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name: utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0 // USER_HZ
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
@@ -74,8 +83,9 @@ async fn client(
     joins: Option<mpsc::UnboundedSender<(String, Instant)>>,
     current: bool,
 ) -> Client {
-    let (ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws?id={id}&name={id}")).await.expect("connect");
+    // Browsers send WebSocket frames without Nagle's delay; so do these clients.
+    let url = format!("ws://127.0.0.1:{port}/ws?id={id}&name={id}");
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.expect("connect");
     let (mut sink, mut stream) = ws.split();
     let (outgoing, mut rx) = mpsc::unbounded_channel::<Message>();
     if current {
@@ -96,20 +106,19 @@ async fn client(
                     Some(Ok(Message::Text(text))) => {
                         // Parse only what this client reports on: the load
                         // generator must not be the bottleneck.
-                        let wanted = (listed.is_some()
-                            && (text.contains(r#""event":"list""#) || text.contains(r#""event":"presence_state""#)))
-                            || (joins.is_some() && text.contains(r#""event":"join""#));
-                        if !wanted {
+                        if listed.is_some()
+                            && (text.contains(r#""event":"list""#) || text.contains(r#""event":"presence_state""#))
+                        {
+                            if let Some(tx) = listed.take() {
+                                let _ = tx.send(());
+                            }
                             continue;
                         }
+                        let Some(joins) = joins.as_ref().filter(|_| text.contains(r#""event":"join""#)) else {
+                            continue;
+                        };
                         let envelope: Value = serde_json::from_str(&text).unwrap_or_default();
-                        match envelope["event"].as_str() {
-                            Some("list" | "presence_state") => if let Some(tx) = listed.take() { let _ = tx.send(()); },
-                            Some("join") => if let Some(joins) = &joins {
-                                let _ = joins.send((envelope["data"]["key"].as_str().unwrap_or("").to_owned(), Instant::now()));
-                            },
-                            _ => {}
-                        }
+                        let _ = joins.send((envelope["data"]["key"].as_str().unwrap_or("").to_owned(), Instant::now()));
                     }
                     Some(Ok(_)) => {}
                     _ => return,
@@ -185,14 +194,26 @@ async fn frames_sent(ports: [u16; 2]) -> u64 {
     total
 }
 
-/// One generation's crowd of `n`: joins/s and frames sent per join.
-async fn generation(ports: [u16; 2], n: usize, tag: &str, current: bool) -> (Vec<Client>, f64, f64) {
+/// One generation's crowd of `n`.
+struct Generation {
+    crowd: Vec<Client>,
+    joins_per_second: f64,
+    frames_per_join: f64,
+    /// CPU both servers spent per join (µs), subscribe to state.
+    server_cpu_per_join: f64,
+}
+
+async fn generation(servers: [&Presenced; 2], n: usize, tag: &str, current: bool) -> Generation {
+    let ports = [servers[0].port, servers[1].port];
     let before = frames_sent(ports).await;
-    let (crowd, rate) = crowd(ports, n, tag, current).await;
+    let cpu = || servers.iter().map(|s| s.cpu_seconds()).sum::<f64>();
+    let cpu_before = cpu();
+    let (crowd, joins_per_second) = crowd(ports, n, tag, current).await;
+    let server_cpu_per_join = (cpu() - cpu_before) * 1e6 / n as f64;
     // Let the last coalesced diffs go out before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let frames = (frames_sent(ports).await - before) as f64 / n as f64;
-    (crowd, rate, frames)
+    let frames_per_join = (frames_sent(ports).await - before) as f64 / n as f64;
+    Generation { crowd, joins_per_second, frames_per_join, server_cpu_per_join }
 }
 
 /// The engine alone, in this process, on the same Redis: joins/s for `n` users.
@@ -240,24 +261,27 @@ pub async fn run() {
         ("joins/s, legacy clients (0.3/0.4) through WebSocket + presenced + Redis".into(), vec![]),
         ("joins/s, current clients (0.5), same path".into(), vec![]),
         ("frames sent per join, legacy / current".into(), vec![]),
+        ("server CPU per join (both presenced), legacy / current".into(), vec![]),
         ("joins/s, engine alone on the same Redis".into(), vec![]),
         ("current ÷ legacy joins/s; current ÷ engine alone".into(), vec![]),
     ];
     for n in [1_000, 10_000] {
-        let (legacy, legacy_rate, legacy_frames) = generation(ports, n, &format!("l{n}-"), false).await;
+        let legacy = generation([&a, &b], n, &format!("l{n}-"), false).await;
         let (p50, p99) = join_latency(ports, 300).await;
-        drop(legacy);
+        drop(legacy.crowd);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (current, current_rate, current_frames) = generation(ports, n, &format!("c{n}-"), true).await;
-        drop(current);
+        let current = generation([&a, &b], n, &format!("c{n}-"), true).await;
+        drop(current.crowd);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let engine_rate = engine_joins(&redis.url(), n).await;
+        let (legacy_rate, current_rate) = (legacy.joins_per_second, current.joins_per_second);
         rows[0].1.push(format!("{:.2} / {:.2} ms", p50 / 1e3, p99 / 1e3));
         rows[1].1.push(format!("{legacy_rate:.0}"));
         rows[2].1.push(format!("{current_rate:.0}"));
-        rows[3].1.push(format!("{legacy_frames:.1} / {current_frames:.1}"));
-        rows[4].1.push(format!("{engine_rate:.0}"));
-        rows[5].1.push(format!("{:.2}; {:.2}", current_rate / legacy_rate, current_rate / engine_rate));
+        rows[3].1.push(format!("{:.1} / {:.1}", legacy.frames_per_join, current.frames_per_join));
+        rows[4].1.push(format!("{:.0} / {:.0} µs", legacy.server_cpu_per_join, current.server_cpu_per_join));
+        rows[5].1.push(format!("{engine_rate:.0}"));
+        rows[6].1.push(format!("{:.2}; {:.2}", current_rate / legacy_rate, current_rate / engine_rate));
     }
     for (name, values) in rows {
         println!("| {name} | {} |", values.join(" | "));

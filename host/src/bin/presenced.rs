@@ -6,6 +6,7 @@
 //! each has an environment-variable twin. SIGHUP reloads the plugin now;
 //! SIGTERM/SIGINT stop gracefully.
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use presence::backend::redis::RedisOptions;
 use presence::plugin::{Limits, PluginConfig};
@@ -150,8 +151,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let server = PresenceServer::start(cli.config()?).await?;
+    // Small frames must not wait for the peer's delayed ACK (Nagle).
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let address = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let backend = cli.redis.as_deref().unwrap_or("in-memory (this process only)");
     let plugin = cli.plugin.as_ref().map_or("none (query-string demo auth)".into(), |p| p.display().to_string());
     tracing::info!(%address, backend, plugin, "presenced ready");
