@@ -16,12 +16,12 @@
 //! - `hooks`, `options`, `select`, `envelope`, `platform`, `error`.
 //!
 //! Every operation that changes state runs to completion even if its caller
-//! is cancelled (a plugin deadline, a dropped request): it is spawned, and the
-//! caller only awaits its result.
+//! is cancelled (a plugin deadline, a dropped request): see `finish`.
 
 mod envelope;
 mod error;
 mod events;
+mod finish;
 mod heartbeat;
 mod hooks;
 mod membership;
@@ -173,17 +173,20 @@ impl Presence {
         &self.inner.options
     }
 
-    /// Run an operation to completion even if the caller stops waiting.
+    /// Run an operation to completion even if the caller stops waiting: in
+    /// place while the caller polls, on the runtime once it gives up.
     async fn detached<T, F>(&self, op: impl FnOnce(Arc<Inner>) -> F) -> Result<T, Error>
     where
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: Send + 'static,
     {
-        match tokio::spawn(op(self.inner.clone())).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(Error::Destroyed),
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let op = op(self.inner.clone());
+        finish::Finish::new(async move {
+            let _ = tx.send(op.await);
+        })
+        .await;
+        rx.await.unwrap_or(Err(Error::Destroyed))
     }
 
     /// Add a connection to a topic's presence. The connection is subscribed to
