@@ -76,8 +76,7 @@ async fn join_while_redis_is_down_is_made_when_it_returns() {
     let store = Store::redis(&server);
     let a = Instance::start(&store, fast_options()).await;
     let b = Instance::start(&store, fast_options()).await;
-    let mut watcher = b.connect(json!({"id": "watcher"}));
-    b.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = b.watcher("room").await;
     let mut alice = a.connect(json!({"id": "alice"}));
 
     server.kill();
@@ -146,8 +145,7 @@ async fn storm_of_tabs_on_two_instances_is_exact() {
     let store = Store::redis(&server).with_timeout(Duration::from_secs(10));
     let a = Instance::start(&store, fast_options()).await;
     let b = Instance::start(&store, fast_options()).await;
-    let mut watcher = a.connect(json!({"id": "watcher"}));
-    a.presence.sync(watcher.id, "storm").await.unwrap();
+    let mut watcher = a.watcher("storm").await;
 
     const USERS: usize = 1000;
     let tabs: Vec<_> = (0..USERS)

@@ -38,8 +38,7 @@ async fn lost_holds_are_found_even_after_a_join_recreated_the_hold() {
     let store = Store::redis(&server);
     let a = Instance::start(&store, manual_ticks()).await;
     let b = Instance::start(&store, manual_ticks()).await;
-    let mut watcher = b.connect(json!({"id": "watcher"}));
-    b.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = b.watcher("room").await;
     let users: Vec<_> = (0..5).map(|i| a.connect(json!({"id": format!("u{i}")}))).collect();
     for user in &users {
         a.presence.join(user.id, "room").await.unwrap();
@@ -75,8 +74,7 @@ async fn a_tab_closed_after_data_loss_leaves_no_ghost() {
     let store = Store::redis(&server);
     let a = Instance::start(&store, manual_ticks()).await;
     let b = Instance::start(&store, manual_ticks()).await;
-    let mut watcher = b.connect(json!({"id": "watcher"}));
-    b.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = b.watcher("room").await;
     let alice = a.connect(json!({"id": "alice"}));
     a.presence.join(alice.id, "room").await.unwrap();
     watcher.wait_for("join", |d| d["key"] == "alice").await;
@@ -95,8 +93,7 @@ async fn a_crashed_instance_users_leave_even_when_redis_lost_its_holds() {
     let server = RedisServer::start();
     let store = Store::redis(&server);
     let b = Instance::start(&store, fast_options()).await;
-    let mut watcher = b.connect(json!({"id": "watcher"}));
-    b.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = b.watcher("room").await;
     {
         let crashed = Instance::start(&store, fast_options()).await;
         let user = crashed.connect(json!({"id": "gone"}));
@@ -118,8 +115,7 @@ async fn cancelled_calls_still_finish() {
     let store = Store::redis(&server).with_timeout(Duration::from_secs(3));
     let a = Instance::start(&store, fast_options()).await;
     let b = Instance::start(&store, fast_options()).await;
-    let mut watcher = b.connect(json!({"id": "watcher"}));
-    b.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = b.watcher("room").await;
     let mut alice = a.connect(json!({"id": "alice"}));
     a.presence.join(alice.id, "warmup").await.unwrap(); // the connection to Redis is up
 
@@ -148,8 +144,7 @@ async fn skewed_instance_clocks_neither_flap_nor_leave_ghosts() {
     let server = RedisServer::start();
     let store = Store::redis(&server);
     let b = Instance::start(&store, fast_options()).await;
-    let mut watcher = b.connect(json!({"id": "watcher"}));
-    b.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = b.watcher("room").await;
 
     let behind = Arc::new(store.clone().with_clock_offset(-60_000).redis_backend().await);
     let slow_clock = Instance::on(behind.clone(), fast_options());
@@ -182,8 +177,7 @@ async fn a_slow_settle_does_not_delay_the_refresh() {
     let server = RedisServer::start();
     let store = Store::redis(&server);
     let b = Instance::start(&store, fast_options()).await;
-    let mut watcher = b.connect(json!({"id": "watcher"}));
-    b.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = b.watcher("room").await;
     let slow = SlowLeaves { inner: store.backend().await, delay: Duration::from_millis(200) };
     let a = Instance::on(Arc::new(slow), fast_options());
     let alive = a.connect(json!({"id": "alive"}));
@@ -249,8 +243,7 @@ async fn garbage_in_redis_is_ignored() {
     let mut con = server.connection();
     let _: () = redis::cmd("HSET").arg("presence:{room}:users").arg("bad").arg("{not json").query(&mut con).unwrap();
     let _: () = redis::cmd("HSET").arg("presence:{room}:refs").arg("bad").arg(1).query(&mut con).unwrap();
-    let mut watcher = a.connect(json!({"id": "watcher"}));
-    a.presence.sync(watcher.id, "room").await.unwrap();
+    let mut watcher = a.watcher("room").await;
     let payloads: [&[u8]; 4] =
         [b"{not json", br#"{"i":"x","s":"NaN","e":"join"}"#, br#"{"i":"x","s":1,"e":"boom"}"#, b"\xff\xfe"];
     for payload in payloads {

@@ -106,6 +106,13 @@ impl Instance {
         Client { id, rx, seen: Vec::new() }
     }
 
+    /// A connection that observes `topic` (synced, not joined).
+    pub async fn watcher(&self, topic: &str) -> Client {
+        let watcher = self.connect(serde_json::json!({"id": "watcher"}));
+        self.presence.sync(watcher.id, topic).await.expect("sync");
+        watcher
+    }
+
     /// Close a connection the way a server does: close hook, then forget it.
     pub async fn close(&self, client: &Client) {
         self.presence.hooks().close(client.id).await.expect("close");

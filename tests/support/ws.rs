@@ -213,30 +213,7 @@ impl WsClient {
 
     /// Read until an envelope with this event matches `pred`.
     pub async fn wait_for(&mut self, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + super::DEADLINE;
-        if let Some(found) = self.seen.iter().find(|e| e["event"] == event && pred(e)) {
-            return found.clone();
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.stream.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    let envelope: Value = serde_json::from_str(&text).expect("server sends JSON");
-                    self.seen.push(envelope.clone());
-                    if envelope["event"] == event && pred(&envelope) {
-                        return envelope;
-                    }
-                }
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    self.closed = Some(frame.map(|f| f.code.into()));
-                    panic!("closed while waiting for `{event}`: {:?}; seen {:#?}", self.closed, self.seen);
-                }
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => panic!("socket error while waiting for `{event}`: {e}"),
-                Ok(None) => panic!("socket ended while waiting for `{event}`"),
-                Err(_) => panic!("no `{event}` within {:?}; seen {:#?}", super::DEADLINE, self.seen),
-            }
-        }
+        self.wait_frame(&format!("`{event}`"), |e| e["event"] == event && pred(e)).await
     }
 
     /// Read until the server closes; returns the close code.
