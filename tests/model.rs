@@ -25,3 +25,18 @@ async fn seed_2() {
 async fn seed_3() {
     seed(3).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_4() {
+    seed(4).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_5() {
+    seed(5).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_6() {
+    seed(6).await
+}

@@ -73,8 +73,14 @@ mod tests {
 
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?id=ada")).await.unwrap();
         ws.send(Message::Text(r#"{"type":"subscribe","topic":"lobby"}"#.into())).await.unwrap();
-        let Some(Ok(Message::Text(list))) = ws.next().await else { panic!("expected the list") };
-        assert!(list.contains(r#""event":"list""#), "{list}");
+        // The first frame is the session's `welcome`; the list follows the subscribe.
+        let list = loop {
+            let Some(Ok(Message::Text(frame))) = ws.next().await else { panic!("expected the list") };
+            if frame.contains(r#""event":"list""#) {
+                break frame;
+            }
+        };
+        assert!(list.contains(r#""key":"ada""#), "{list}");
         assert_eq!(presence.presence().count("lobby").await.unwrap(), 1);
 
         let api = app(presence.clone());
