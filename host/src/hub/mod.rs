@@ -73,7 +73,7 @@ impl HubState {
             if let Some(members) = self.topics.get_mut(&topic) {
                 members.remove(&conn);
                 if members.is_empty() {
-                    self.topics.remove(&topic);
+                    self.forget_topic(&topic);
                 }
             }
         }
@@ -87,6 +87,15 @@ impl HubState {
             self.remove(conn);
         }
         ok
+    }
+
+    /// A topic nobody here subscribes to any more: forget it, its sequence
+    /// number and any waiting diff, so the hub does not grow with every topic
+    /// it ever served.
+    fn forget_topic(&mut self, topic: &str) {
+        self.topics.remove(topic);
+        self.seqs.remove(topic);
+        self.diffs.remove(topic);
     }
 
     fn next_seq(&mut self, presence_topic: &str) -> u64 {
@@ -252,7 +261,7 @@ impl Platform for Hub {
         if let Some(members) = state.topics.get_mut(topic) {
             members.remove(&conn);
             if members.is_empty() {
-                state.topics.remove(topic);
+                state.forget_topic(topic);
             }
         }
     }
@@ -322,5 +331,21 @@ mod tests {
         assert!(slow_rx.try_recv().is_ok() && slow_rx.try_recv().is_ok());
         assert!(slow_rx.try_recv().is_err(), "nothing beyond the queue, and the queue is closed");
         assert!(hub.is_open(fast));
+    }
+
+    /// A topic's bookkeeping goes with its last subscriber.
+    #[test]
+    fn topics_are_forgotten_with_their_last_subscriber() {
+        let hub = Hub::new();
+        let (conn, _rx) = hub.connect(json!({}), 8);
+        hub.set_current(conn, false);
+        hub.subscribe(conn, "__presence:t");
+        let member = serde_json::value::RawValue::from_string(r#"{"key":"a","data":{}}"#.into()).unwrap();
+        hub.publish("__presence:t", &Envelope::new("__presence:t", "join", member));
+        hub.flush_diffs();
+        assert_eq!(hub.lock().seqs.len(), 1);
+        hub.unsubscribe(conn, "__presence:t");
+        let state = hub.lock();
+        assert!(state.seqs.is_empty() && state.diffs.is_empty() && state.topics.is_empty());
     }
 }
