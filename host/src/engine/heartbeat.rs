@@ -15,7 +15,7 @@
 use super::membership::Settled;
 use super::topic::{Needed, Remote, Topic};
 use super::{lock, Envelope, Inner};
-use crate::backend::{HoldOutcome, Latest, TickOutcome, TickReport, TickTopic};
+use crate::backend::{BackendError, HoldOutcome, Latest, TickOutcome, TickReport, TickTopic};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -181,12 +181,16 @@ impl Inner {
         let changes: Vec<_> = owed.iter().map(|(key, _, needed)| needed.as_change(key)).collect();
         let epoch = topic.epoch();
         let outcomes = self.backend.apply(&topic.name, epoch.as_deref(), self.options.ttl, &changes).await;
+        let changes_len = changes.len();
         drop(changes);
         let mut settled = Settled::Done;
         let mut failure = None;
         for (i, (key, mut slot, needed)) in owed.into_iter().enumerate() {
             let outcome: Result<HoldOutcome, _> = match &outcomes {
-                Ok(outcomes) => Ok(outcomes[i].clone()),
+                Ok(outcomes) => outcomes.get(i).cloned().ok_or_else(|| BackendError::Protocol {
+                    op: "apply",
+                    reason: format!("{} outcomes for {} changes", outcomes.len(), changes_len),
+                }),
                 Err(e) => Err(e.clone()),
             };
             let releasing = needed == Needed::Release;
