@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 pub const MAX_DEPTH: usize = 64;
 
 /// Words that mark a field as secret; matched against the field name split on
-/// `_`, `-`, `.` and camelCase (`accessToken`, `session_id`, `X-Auth`).
+/// `_`, `-`, `.` and camelCase (`accessToken`, `session_id`, `X-Auth`), each
+/// word alone and each two neighbours joined (`api_key` → `apikey`).
 const SECRET_WORDS: &[&str] = &[
     "token",
     "secret",
@@ -23,6 +24,11 @@ const SECRET_WORDS: &[&str] = &[
     "credential",
     "credentials",
     "apikey",
+    "privatekey",
+    "secretkey",
+    "accesskey",
+    "signingkey",
+    "otp",
 ];
 
 /// The original extension's default: drop `__`-prefixed and secret-looking fields, at every depth.
@@ -66,5 +72,6 @@ fn looks_secret(name: &str) -> bool {
         word.extend(c.to_lowercase());
     }
     words.push(word);
-    words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
+    let pairs = words.windows(2).map(|pair| pair.concat());
+    words.iter().cloned().chain(pairs).any(|w| SECRET_WORDS.contains(&w.as_str()))
 }

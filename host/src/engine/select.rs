@@ -21,6 +21,16 @@ mod tests {
         );
     }
 
+    /// Key-like secrets, whatever the separator or case.
+    #[test]
+    fn strips_keys_named_as_secrets() {
+        let raw = json!({
+            "api_key": 1, "apiKey": 2, "API-KEY": 3, "private_key": 4, "privateKey": 5, "access_token": 6,
+            "refresh_token": 7, "aws.secret.access.key": 8, "keyboard": "kept", "monkey": "kept", "key": "kept"
+        });
+        assert_eq!(default_select(&raw).unwrap(), json!({"keyboard": "kept", "monkey": "kept", "key": "kept"}));
+    }
+
     #[test]
     fn refuses_absurd_nesting() {
         let mut deep = json!(1);
