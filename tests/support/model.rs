@@ -7,7 +7,8 @@
 //!
 //! After every few steps comes a quiet period, then the check (polled until
 //! it holds or a deadline passes; every instance must also be ready, its
-//! event stream connected and read again after any interruption):
+//! event stream connected and read again after any interruption, and every
+//! dropped connection released):
 //! - every user with an open connection, and no other, is listed by Redis
 //!   (`list` from each instance) and shown by every observer on every instance;
 //! - every observer's event stream is consistent: `join` only for users it
@@ -468,6 +469,16 @@ impl World {
             }
             if presence.is_resyncing() {
                 return Err(NotYet(format!("instance {n} is still reading its topics again")));
+            }
+            // Dropped tabs are released by the heartbeat: until then a user
+            // still held through them would hide the next round's transitions.
+            let node = self.nodes[n].as_ref().unwrap();
+            let open = node.tabs.len() + node.observers.len();
+            if presence.connections() != open {
+                return Err(NotYet(format!(
+                    "instance {n} tracks {} connections, {open} are open",
+                    presence.connections()
+                )));
             }
         }
         for t in 0..self.config.topics {

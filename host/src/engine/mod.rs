@@ -164,6 +164,12 @@ impl Presence {
         self.inner.resyncs.pending()
     }
 
+    /// Local connections the engine tracks (joined or observing). A
+    /// connection the platform lost is counted until the heartbeat leaves it.
+    pub fn connections(&self) -> usize {
+        lock(&self.inner.conns).len()
+    }
+
     /// Topics this instance has local interest in.
     pub fn local_topics(&self) -> usize {
         lock(&self.inner.topics).len()
