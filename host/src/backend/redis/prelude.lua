@@ -19,10 +19,11 @@ local function redis_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Next sequence number: max(previous + 1, now_ms * 1024). When the counter is
--- missing (first use, or Redis lost its data) it restarts one second ahead, past
--- any number handed out before the loss (at most 1024 a millisecond), so
--- replicas never mistake new events for old ones ("recovery").
+-- Next sequence number: max(previous + 1, now_ms * 1024). The counter is made
+-- by the first snapshot of a topic (snapshot.lua), so a write that finds it
+-- missing means Redis lost its data: it restarts one second ahead, past any
+-- number handed out before the loss (at most 1024 a millisecond), so replicas
+-- never mistake new events for old ones ("recovery").
 local function next_seq(seq_key, now)
   local current = redis.call('GET', seq_key)
   if not current then

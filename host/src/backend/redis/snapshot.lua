@@ -9,11 +9,19 @@
 --   "recovery": when Redis lost data its counter reads less than what the
 --   caller has seen, and a replica would keep every copy from before the loss
 --   as "newer". The snapshot then takes a fresh number, above both, so it
---   replaces them; otherwise it writes nothing.
+--   replaces them. A topic without a counter gets one at now * 1024 (every
+--   instance reads a topic before it writes to it), so only a counter lost
+--   with Redis's data is found missing by a write, which then jumps past every
+--   number handed out before the loss (see next_seq).
 local channel, held_prefix, keep, seen = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = redis_now()
 sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], held_prefix, channel, now)
-local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local stored = redis.call('GET', KEYS[4])
+if not stored and seen == 0 then
+  redis.call('SET', KEYS[4], string.format('%d', now * 1024), 'PX', keep)
+  stored = string.format('%d', now * 1024)
+end
+local seq = tonumber(stored or '0')
 if seq < seen then
   redis.call('SET', KEYS[4], string.format('%d', seen))
   seq = next_seq(KEYS[4], now)
