@@ -13,7 +13,7 @@
 //! the store answers ([`Error::Deferred`]); the joiner then gets its `list`.
 //! Only a refusal (invalid input, a `select` error, a protocol error) undoes it.
 
-use super::topic::{Needed, Remote, Slot, SlotConn, Topic};
+use super::topic::{Needed, Remote, Slot, SlotConn, Topic, TopicState};
 use super::{lock, presence_topic, ConnId, Envelope, Error, Inner};
 use crate::backend::{BackendError, ChangeKind, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome};
 use std::sync::Arc;
@@ -104,13 +104,7 @@ impl Inner {
                 slot.shown = Some(data);
                 // Connections whose join the store could not take at first
                 // get their list now, after their own join was shown.
-                if !state.detached {
-                    for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
-                        pending.listed = true;
-                        self.platform.subscribe(pending.conn, &presence_topic(&topic.name));
-                        self.platform.send(pending.conn, &Envelope::list(&topic.name, state.replica.list_json()));
-                    }
-                }
+                self.list_pending(&topic.name, &state, slot);
                 Ok(Settled::Done)
             }
             Ok(HoldOutcome::Released(outcome)) => {
@@ -130,6 +124,25 @@ impl Inner {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Send the topic's `list` (its members now) to one connection.
+    fn send_list(&self, conn: ConnId, name: &str, state: &TopicState) {
+        self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
+    }
+
+    /// The slot's connections that have not had the list yet get it now, and
+    /// the topic's events from here on (the list is built once for all).
+    fn list_pending(&self, name: &str, state: &TopicState, slot: &mut Slot) {
+        if state.detached || slot.conns.iter().all(|c| c.listed) {
+            return;
+        }
+        let list = Envelope::list(name, state.replica.list_json());
+        for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
+            pending.listed = true;
+            self.platform.subscribe(pending.conn, &presence_topic(name));
+            self.platform.send(pending.conn, &list);
         }
     }
 
@@ -164,15 +177,9 @@ impl Inner {
             };
             match result {
                 Ok(Settled::Done) => {
-                    // Joined as another tab of a user already shown: nothing
-                    // was asserted, so this connection still needs its list.
-                    let state = topic.lock();
-                    let me = slot.conns.iter_mut().find(|c| c.conn == conn && !c.listed);
-                    if let Some(me) = me.filter(|_| !state.detached) {
-                        me.listed = true;
-                        self.platform.subscribe(conn, &presence_topic(name));
-                        self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
-                    }
+                    // Another tab of a user already shown asserts nothing, so
+                    // `record` did not list this connection: list it here.
+                    self.list_pending(name, &topic.lock(), &mut slot);
                     return Ok(());
                 }
                 Ok(Settled::Cleared) => {
@@ -282,7 +289,7 @@ impl Inner {
             state.observers.insert(conn);
             lock(&self.conns).entry(conn).or_default().observing.insert(name.to_owned());
             self.platform.subscribe(conn, &presence_topic(name));
-            self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
+            self.send_list(conn, name, &state);
             return Ok(());
         }
         Ok(())
@@ -295,7 +302,7 @@ impl Inner {
         if let Some(topic) = topic.filter(|t| interested && t.ready.initialized()) {
             let state = topic.lock();
             if !state.detached {
-                self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
+                self.send_list(conn, name, &state);
             }
         }
     }
