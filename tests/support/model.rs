@@ -100,6 +100,24 @@ fn trace(line: impl FnOnce() -> String) {
     }
 }
 
+/// One observer (a `sync`ed connection) per topic. Redis may be down right
+/// now (a fault just happened): each sync is retried until the deadline.
+async fn observe_every_topic(instance: &Instance, topics: usize) -> Result<Vec<Client>, String> {
+    let mut observers = Vec::new();
+    for t in 0..topics {
+        let observer = instance.connect(json!({"id": format!("observer-{t}")}));
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        while let Err(e) = instance.presence.sync(observer.id, &topic_name(t)).await {
+            if Instant::now() > deadline {
+                return Err(format!("an observer cannot sync: {e}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        observers.push(observer);
+    }
+    Ok(observers)
+}
+
 fn topic_name(t: usize) -> String {
     format!("t{t}")
 }
@@ -143,19 +161,7 @@ pub async fn run(config: Config) -> Result<Report, String> {
 impl World {
     async fn start_node(&mut self) -> Result<Node, String> {
         let instance = Instance::start(&self.store, fast_options()).await;
-        let mut observers = Vec::new();
-        for t in 0..self.config.topics {
-            let observer = instance.connect(json!({"id": format!("observer-{t}")}));
-            // Redis may be down right now (a fault just happened): retry.
-            let deadline = Instant::now() + SETTLE_DEADLINE;
-            while let Err(e) = instance.presence.sync(observer.id, &topic_name(t)).await {
-                if Instant::now() > deadline {
-                    return Err(format!("an observer cannot sync: {e}"));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            observers.push(observer);
-        }
+        let observers = observe_every_topic(&instance, self.config.topics).await?;
         Ok(Node { instance, tabs: Vec::new(), observers })
     }
 
@@ -353,27 +359,10 @@ impl World {
                 node.instance.hub.disconnect(observer.id);
             }
             self.forget_observers(i);
-            let fresh = self.start_observers(i).await?;
-            self.nodes[i].as_mut().unwrap().observers = fresh;
+            let node = self.nodes[i].as_mut().unwrap();
+            node.observers = observe_every_topic(&node.instance, self.config.topics).await?;
         }
         Ok(())
-    }
-
-    async fn start_observers(&mut self, n: usize) -> Result<Vec<Client>, String> {
-        let node = self.nodes[n].as_ref().unwrap();
-        let mut observers = Vec::new();
-        for t in 0..self.config.topics {
-            let observer = node.instance.connect(json!({"id": format!("observer-{t}")}));
-            let deadline = Instant::now() + SETTLE_DEADLINE;
-            while let Err(e) = node.instance.presence.sync(observer.id, &topic_name(t)).await {
-                if Instant::now() > deadline {
-                    return Err(format!("an observer cannot sync: {e}"));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            observers.push(observer);
-        }
-        Ok(observers)
     }
 
     /// Completed resyncs per live instance.
