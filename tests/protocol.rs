@@ -262,3 +262,27 @@ async fn auth_preflight_session_works_on_every_instance() {
     let (status, _) = http_post(gated.addr, "/__ws/auth?id=ok", &header).await;
     assert_eq!(status, 204);
 }
+
+/// A subscribe while Redis is unreachable is acknowledged `subscribed`,
+/// through a plugin's hook as through the built-in one: the join is kept and
+/// made once Redis is back, and the client then gets its `presence_state`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_join_is_acknowledged_and_made_through_a_plugin() {
+    let mut redis = RedisServer::start();
+    let wasm = build_guest("tests/guests/defaults");
+    let served = Served::start(ServerConfig {
+        redis: Some(presence::backend::redis::RedisOptions::new(redis.url())),
+        plugin: Some(PluginConfig::new(wasm)),
+        ..config()
+    })
+    .await;
+    let mut client = current(&served, "id=ada").await;
+    client.wait_frame("welcome", |f| f["type"] == "welcome").await;
+    redis.kill();
+    client.subscribe_ref("room", 1).await;
+    let ack = client.wait_frame("an ack", |f| f["ref"] == 1).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    redis.restart();
+    let state = client.wait_frame("state", |f| f["event"] == "presence_state").await;
+    assert_eq!(state["data"], json!({"ada": {"id": "ada"}}), "{state}");
+}

@@ -5,18 +5,31 @@
 
 use super::{ConnId, Error, Presence, PRESENCE_PREFIX};
 
+/// A hook's view of a join: one the backend cannot take right now is kept and
+/// made by the heartbeat, so for the hook (and the client) it succeeded.
+pub(crate) fn deferred_is_done(result: Result<(), Error>, conn: ConnId, topic: &str) -> Result<(), Error> {
+    match result {
+        Err(Error::Deferred(e)) => {
+            tracing::info!(conn, topic, error = %e, "join deferred until the backend answers");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// The ready-made hooks, from [`Presence::hooks`].
 pub struct Hooks<'a> {
     pub(super) presence: &'a Presence,
 }
 
 impl Hooks<'_> {
-    /// `__presence:<t>` → sync `t`; other `__` topics → ignored; else join.
+    /// `__presence:<t>` → sync `t`; other `__` topics → ignored; else join
+    /// (a join deferred until the backend answers counts as done).
     pub async fn subscribe(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
         match topic.strip_prefix(PRESENCE_PREFIX) {
             Some(watched) => self.presence.sync(conn, watched).await,
             None if topic.starts_with("__") => Ok(()),
-            None => self.presence.join(conn, topic).await,
+            None => deferred_is_done(self.presence.join(conn, topic).await, conn, topic),
         }
     }
 

@@ -34,6 +34,7 @@ mod topic;
 
 pub use envelope::{presence_topic, Envelope, PRESENCE_PREFIX};
 pub use error::Error;
+pub(crate) use hooks::deferred_is_done;
 pub use hooks::Hooks;
 pub use options::{select_fn, Options, SelectFn};
 pub use platform::{ConnId, Platform};

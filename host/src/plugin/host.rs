@@ -4,7 +4,7 @@
 
 use super::bindings::presence::plugin::{clock, kv, log, presence, types};
 use super::state::GuestState;
-use crate::engine::{ConnId, Envelope};
+use crate::engine::{deferred_is_done, ConnId, Envelope};
 use crate::Presence;
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -39,7 +39,10 @@ impl GuestState {
 
 impl presence::Host for GuestState {
     async fn join(&mut self, conn: ConnId, topic: String) -> HostResult<()> {
-        self.with_presence(|p| async move { p.join(conn, &topic).await.map_err(|e| e.to_string()) }).await
+        self.with_presence(|p| async move {
+            deferred_is_done(p.join(conn, &topic).await, conn, &topic).map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn leave(&mut self, conn: ConnId, topic: Option<String>) -> HostResult<()> {

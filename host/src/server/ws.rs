@@ -13,7 +13,7 @@
 
 use super::protocol::{self, ClientMessage, DenialReason, Refusal, MAX_BATCH_TOPICS};
 use super::Shared;
-use crate::engine::{Error, PRESENCE_PREFIX};
+use crate::engine::PRESENCE_PREFIX;
 use crate::plugin::{Action, AuthorizeError, Denial, Pair, UpgradeRequest};
 use crate::ConnId;
 use axum::extract::connect_info::ConnectInfo;
@@ -150,6 +150,15 @@ fn close(code: u16, reason: &str) -> Message {
         end -= 1;
     }
     Message::Close(Some(CloseFrame { code, reason: reason[..end].to_owned().into() }))
+}
+
+/// What `authorize` is asked about: `__presence:<t>` is observing `t`;
+/// any other topic is itself, with `action`.
+fn policy_subject(topic: &str, action: Action) -> (&str, Action) {
+    match topic.strip_prefix(PRESENCE_PREFIX) {
+        Some(watched) => (watched, Action::Observe),
+        None => (topic, action),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,10 +404,7 @@ impl Session {
             let message = format!("at most {} subscriptions per connection", shared.limits.max_subscriptions);
             return Err(refuse(DenialReason::RateLimited, "too-many-subscriptions", message));
         }
-        let (subject, action) = match topic.strip_prefix(PRESENCE_PREFIX) {
-            Some(watched) => (watched, Action::Observe),
-            None => (topic, Action::Subscribe),
-        };
+        let (subject, action) = policy_subject(topic, Action::Subscribe);
         if let Some(plugin) = &shared.plugin {
             plugin.authorize(self.conn, &self.user_data, subject, action).await.map_err(|e| match e {
                 AuthorizeError::Denied(reason) => refuse(DenialReason::from_policy(&reason), "denied", reason),
@@ -414,11 +420,7 @@ impl Session {
         }
         let hooked = match &shared.plugin {
             Some(plugin) => plugin.on_subscribe(self.conn, &self.user_data, topic).await,
-            None => match shared.presence.hooks().subscribe(self.conn, topic).await {
-                // The join is kept and made once the backend answers.
-                Ok(()) | Err(Error::Deferred(_)) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            },
+            None => shared.presence.hooks().subscribe(self.conn, topic).await.map_err(|e| e.to_string()),
         };
         hooked.map_err(|message| {
             // Nothing of a failed subscribe stays behind.
@@ -437,10 +439,7 @@ impl Session {
             self.refuse_legacy(&refusal);
             return;
         }
-        let (subject, action) = match topic.strip_prefix(PRESENCE_PREFIX) {
-            Some(watched) => (watched, Action::Observe),
-            None => (topic, Action::Unsubscribe),
-        };
+        let (subject, action) = policy_subject(topic, Action::Unsubscribe);
         if let Some(plugin) = &shared.plugin {
             if let Err(e) = plugin.authorize(self.conn, &self.user_data, subject, action).await {
                 self.refuse_legacy(&Refusal::new(DenialReason::Forbidden, "denied", Some(topic), e.to_string()));
