@@ -45,6 +45,7 @@ on_both_backends!(
     hostile_keys_and_topics,
     mass_disconnect_cleans_up,
     oversized_data_and_bad_topics_are_refused_without_trace,
+    caps_refuse_joins_whole_and_clearly,
 );
 
 /// Joining sends the joiner a `list` that includes itself, and subscribes it
@@ -427,6 +428,59 @@ async fn oversized_data_and_bad_topics_are_refused_without_trace(store: Store) {
     assert!(matches!(a.presence.join(999_999, "room").await, Err(Error::UnknownConnection(_))));
     assert_eq!(a.presence.count("room").await.unwrap(), 0);
     assert!(!a.hub.is_subscribed(big.id, &presence_topic("room")));
+}
+
+/// Every cap refuses a join whole (nothing listed, subscribed or counted)
+/// with an error naming the cap. The member cap holds across instances,
+/// in the store's own atomic step.
+async fn caps_refuse_joins_whole_and_clearly(store: Store) {
+    let options = Options {
+        max_members_per_topic: 3,
+        max_key_bytes: 16,
+        max_topics_per_connection: 2,
+        max_topics_per_instance: 4,
+        ..fast_options()
+    };
+    let a = Instance::start(&store, options.clone()).await;
+    let b = Instance::start(&store, options).await;
+    // Members per topic, over both instances; another tab of a listed user still joins.
+    let users: Vec<_> = (0..3).map(|i| [&a, &b][i % 2].connect(json!({"id": format!("u{i}")}))).collect();
+    for (i, user) in users.iter().enumerate() {
+        [&a, &b][i % 2].presence.join(user.id, "room").await.unwrap();
+    }
+    let late = b.connect(json!({"id": "late"}));
+    let err = b.presence.join(late.id, "room").await.unwrap_err();
+    assert!(matches!(err, Error::TopicFull { members: 3, limit: 3 }), "{err}");
+    assert!(err.to_string().starts_with("TOPIC_FULL: "), "{err}");
+    assert!(!b.hub.is_subscribed(late.id, &presence_topic("room")));
+    let second_tab = a.connect(json!({"id": "u1"}));
+    a.presence.join(second_tab.id, "room").await.expect("a listed user's other tab is no new member");
+    assert_eq!(a.presence.count("room").await.unwrap(), 3);
+    // Once someone leaves, there is room again.
+    a.close(&users[0]).await;
+    b.presence.join(late.id, "room").await.unwrap();
+    assert_eq!(b.presence.list("room").await.unwrap().len(), 3);
+
+    // User key length.
+    let long = a.connect(json!({"id": "k".repeat(17)}));
+    let err = a.presence.join(long.id, "other").await.unwrap_err();
+    assert!(matches!(err, Error::KeyTooLong { size: 17, limit: 16 }), "{err}");
+    // Topics per connection (joined and observed together).
+    let busy = a.connect(json!({"id": "busy"}));
+    a.presence.join(busy.id, "t1").await.unwrap();
+    a.presence.sync(busy.id, "t2").await.unwrap();
+    let err = a.presence.join(busy.id, "t3").await.unwrap_err();
+    assert!(matches!(err, Error::TooManyTopicsForConnection { limit: 2, .. }), "{err}");
+    a.presence.join(busy.id, "t2").await.expect("a topic it already observes is no new topic");
+    // Topics per instance: room, t1, t2 and one more.
+    let other = a.connect(json!({"id": "other"}));
+    a.presence.join(other.id, "t4").await.unwrap();
+    let err = a.presence.sync(other.id, "t5").await.unwrap_err();
+    assert!(matches!(err, Error::TooManyTopics { limit: 4 }), "{err}");
+    assert!(err.to_string().starts_with("LIMIT_EXCEEDED: "), "{err}");
+    for topic in ["other", "t3", "t5"] {
+        assert_eq!(a.presence.count(topic).await.unwrap(), 0, "{topic}");
+    }
 }
 
 /// Invalid options are refused at construction with a clear error.

@@ -124,12 +124,13 @@ fn redis_benchmark_join(port: u16, requests: usize) -> f64 {
     let sha = RedisBackend::script_hashes()[0].1;
     let topic = "rb";
     let keys = presence::backend::redis::TopicKeys::new("bench", topic);
-    let now = presence::backend::now_ms().to_string();
     let output = Command::new("redis-benchmark")
         .args(["-p", &port.to_string(), "-n", &requests.to_string(), "-c", "64", "-r", "100000000", "-q"])
         .args(["EVALSHA", sha, "6", &keys.users, &keys.refs, &keys.inst, &keys.held("0123456789abcdef")])
-        .args([&keys.seq, &keys.epoch, "0123456789abcdef", "user:__rand_int__", r#"{"id":"x"}"#, &now])
-        .args(["900000", "9000000", "", &keys.channel])
+        // ARGV as join.lua takes them: instance, user, data, ttl, backstop,
+        // known epoch, channel, and no member cap (0: the full join path).
+        .args([&keys.seq, &keys.epoch, "0123456789abcdef", "user:__rand_int__", r#"{"id":"x"}"#])
+        .args(["900000", "9000000", "", &keys.channel, "0"])
         .output()
         .expect("redis-benchmark is installed with redis-server");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -151,12 +152,12 @@ async fn engine(args: &Args) {
         Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() };
     let (presence, hub) = start_engine(&server.url(), options.clone()).await;
     let conns: Vec<_> =
-        (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 1024)).collect();
+        (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 1 << 20)).collect();
     let ids: Vec<_> = conns.iter().map(|(id, _)| *id).collect();
     let topic_of = |i: usize| format!("topic-{}", i % args.topics);
     // An observer on every topic first, so the measured joins are
     // steady-state joins (the topic is watched and its replica seeded).
-    let observers: Vec<_> = (0..args.topics).map(|_| hub.connect(json!({"id": "observer"}), 1 << 16)).collect();
+    let observers: Vec<_> = (0..args.topics).map(|_| hub.connect(json!({"id": "observer"}), 64 << 20)).collect();
     for (t, (observer, _)) in observers.iter().enumerate() {
         presence.sync(*observer, &topic_of(t)).await.unwrap();
     }
@@ -177,7 +178,7 @@ async fn engine(args: &Args) {
 
     // Heartbeat: 10,000 users across 1,000 topics on one instance.
     let (ticker, tick_hub) = start_engine(&server.url(), options).await;
-    let tick_conns: Vec<_> = (0..10_000).map(|i| tick_hub.connect(json!({"id": format!("t{i}")}), 64)).collect();
+    let tick_conns: Vec<_> = (0..10_000).map(|i| tick_hub.connect(json!({"id": format!("t{i}")}), 1 << 20)).collect();
     futures::stream::iter(tick_conns.iter().enumerate())
         .for_each_concurrent(args.concurrency, |(i, (id, _))| {
             let ticker = &ticker;

@@ -4,7 +4,8 @@
 
 use async_trait::async_trait;
 use presence::backend::{
-    BackendError, BackendEvent, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome, Snapshot, TickReport, TickTopic,
+    BackendError, BackendEvent, HoldChange, HoldOutcome, HoldTerms, JoinOutcome, LeaveOutcome, Snapshot, TickReport,
+    TickTopic,
 };
 use presence::Backend;
 use std::sync::Arc;
@@ -27,9 +28,9 @@ impl Backend for SlowLeaves {
         k: &str,
         d: &str,
         e: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
     ) -> Result<JoinOutcome, BackendError> {
-        self.inner.join(t, k, d, e, ttl).await
+        self.inner.join(t, k, d, e, terms).await
     }
     async fn leave(&self, t: &str, k: &str) -> Result<LeaveOutcome, BackendError> {
         tokio::time::sleep(self.delay).await;
@@ -39,10 +40,10 @@ impl Backend for SlowLeaves {
         &self,
         t: &str,
         e: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
         changes: &[HoldChange<'_>],
     ) -> Result<Vec<HoldOutcome>, BackendError> {
-        self.inner.apply(t, e, ttl, changes).await
+        self.inner.apply(t, e, terms, changes).await
     }
     async fn snapshot(&self, t: &str, seen: u64) -> Result<Snapshot, BackendError> {
         self.inner.snapshot(t, seen).await

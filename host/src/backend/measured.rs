@@ -2,8 +2,8 @@
 //! server's metrics; it changes nothing else.
 
 use super::{
-    Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome, Snapshot, TickReport,
-    TickTopic,
+    Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, HoldTerms, JoinOutcome, LeaveOutcome, Snapshot,
+    TickReport, TickTopic,
 };
 use crate::metrics::{type_line, Histogram};
 use async_trait::async_trait;
@@ -65,9 +65,9 @@ impl Backend for Measured {
         k: &str,
         d: &str,
         e: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
     ) -> Result<JoinOutcome, BackendError> {
-        self.time(self.inner.join(t, k, d, e, ttl)).await
+        self.time(self.inner.join(t, k, d, e, terms)).await
     }
     async fn leave(&self, t: &str, k: &str) -> Result<LeaveOutcome, BackendError> {
         self.time(self.inner.leave(t, k)).await
@@ -76,10 +76,10 @@ impl Backend for Measured {
         &self,
         t: &str,
         e: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
         changes: &[HoldChange<'_>],
     ) -> Result<Vec<HoldOutcome>, BackendError> {
-        self.time(self.inner.apply(t, e, ttl, changes)).await
+        self.time(self.inner.apply(t, e, terms, changes)).await
     }
     async fn snapshot(&self, t: &str, seen: u64) -> Result<Snapshot, BackendError> {
         self.time(self.inner.snapshot(t, seen)).await

@@ -6,8 +6,8 @@
 //! process behave exactly like several server instances on one Redis.
 
 use super::{
-    now_ms, Backend, BackendError, BackendEvent, Change, ChangeKind, JoinOutcome, LeaveOutcome, Snapshot, TickOutcome,
-    TickReport, TickTopic,
+    now_ms, Backend, BackendError, BackendEvent, Change, ChangeKind, HoldTerms, JoinOutcome, LeaveOutcome, Snapshot,
+    TickOutcome, TickReport, TickTopic,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -172,7 +172,7 @@ impl Backend for MemoryBackend {
         key: &str,
         data: &str,
         epoch: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
     ) -> Result<JoinOutcome, BackendError> {
         let mut shared = self.lock();
         let entry = shared.topics.entry(topic.to_owned()).or_default();
@@ -181,8 +181,12 @@ impl Backend for MemoryBackend {
                 return Ok(JoinOutcome::StaleEpoch { epoch: current.clone() });
             }
         }
+        let members = entry.users.len() as u64;
+        if terms.max_members > 0 && members >= terms.max_members && !entry.users.contains_key(key) {
+            return Ok(JoinOutcome::Full { members });
+        }
         let hold = entry.holds.entry(self.instance.clone()).or_default();
-        hold.expires_at = now_ms() + ttl.as_millis() as u64;
+        hold.expires_at = now_ms() + terms.ttl.as_millis() as u64;
         let first = hold.users.insert(key.to_owned()) && {
             let refs = entry.refs.entry(key.to_owned()).or_default();
             *refs += 1;
@@ -333,12 +337,14 @@ mod tests {
         let store = MemoryStore::new();
         let backend = store.backend();
         let ttl = Duration::from_secs(60);
-        let JoinOutcome::Joined { seq: first } = backend.join("t", "a", "{}", None, ttl).await.unwrap() else {
+        let JoinOutcome::Joined { seq: first } = backend.join("t", "a", "{}", None, HoldTerms::ttl(ttl)).await.unwrap()
+        else {
             panic!("first join")
         };
         assert!(matches!(backend.leave("t", "a").await.unwrap(), LeaveOutcome::Left { .. }));
         assert_eq!(store.shared.lock().unwrap().topics.len(), 0);
-        let JoinOutcome::Joined { seq: again } = backend.join("t", "a", "{}", None, ttl).await.unwrap() else {
+        let JoinOutcome::Joined { seq: again } = backend.join("t", "a", "{}", None, HoldTerms::ttl(ttl)).await.unwrap()
+        else {
             panic!("join again")
         };
         assert!(again > first + 1, "{again} after {first}: the leave took one in between");

@@ -73,6 +73,25 @@ pub enum JoinOutcome {
     /// The topic was cleared since this instance last looked; nothing changed.
     /// The caller drops its local state of the topic and adopts `epoch`.
     StaleEpoch { epoch: String },
+    /// A new user, refused because the topic already lists `members` users
+    /// (at least [`HoldTerms::max_members`]); nothing changed.
+    Full { members: u64 },
+}
+
+/// The terms of a hold: how long it lasts without a tick, and how many
+/// users the topic may list before a new user is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldTerms {
+    pub ttl: Duration,
+    /// 0: no cap.
+    pub max_members: u64,
+}
+
+impl HoldTerms {
+    /// A hold of `ttl`, with no cap on the topic's users.
+    pub fn ttl(ttl: Duration) -> Self {
+        Self { ttl, max_members: 0 }
+    }
 }
 
 /// Result of [`Backend::leave`].
@@ -208,14 +227,16 @@ pub trait Backend: Send + Sync + 'static {
     fn instance(&self) -> &str;
 
     /// Take (or refresh the data of) this instance's hold of `key` on `topic`.
-    /// The hold expires `ttl` from now unless a tick refreshes it.
+    /// The hold expires `terms.ttl` from now unless a tick refreshes it; a
+    /// user new to a topic at its `terms.max_members` is refused
+    /// ([`JoinOutcome::Full`]), in the same atomic step.
     async fn join(
         &self,
         topic: &str,
         key: &str,
         data: &str,
         epoch: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
     ) -> Result<JoinOutcome, BackendError>;
 
     /// Release this instance's hold of `key` on `topic`.
@@ -228,14 +249,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         topic: &str,
         epoch: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
         changes: &[HoldChange<'_>],
     ) -> Result<Vec<HoldOutcome>, BackendError> {
         let mut outcomes = Vec::with_capacity(changes.len());
         for change in changes {
             outcomes.push(match *change {
                 HoldChange::Assert { key, data } => {
-                    HoldOutcome::Asserted(self.join(topic, key, data, epoch, ttl).await?)
+                    HoldOutcome::Asserted(self.join(topic, key, data, epoch, terms).await?)
                 }
                 HoldChange::Release { key } => HoldOutcome::Released(self.leave(topic, key).await?),
             });

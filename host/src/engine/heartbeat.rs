@@ -180,7 +180,7 @@ impl Inner {
         }
         let changes: Vec<_> = owed.iter().map(|(key, _, needed)| needed.as_change(key)).collect();
         let epoch = topic.epoch();
-        let outcomes = self.backend.apply(&topic.name, epoch.as_deref(), self.options.ttl, &changes).await;
+        let outcomes = self.backend.apply(&topic.name, epoch.as_deref(), self.terms(), &changes).await;
         let changes_len = changes.len();
         drop(changes);
         let mut settled = Settled::Done;
@@ -197,6 +197,11 @@ impl Inner {
             match self.record(topic, &key, &mut slot, needed, outcome) {
                 Ok(Settled::Cleared) => settled = Settled::Cleared,
                 Ok(Settled::Done) => {}
+                Ok(Settled::Full { members }) => {
+                    // Others filled the topic while this hold was lost: the
+                    // connection stays wanted and is asserted again next tick.
+                    tracing::warn!(topic = %topic.name, members, "heartbeat: topic full; cannot restore a hold");
+                }
                 Err(e) => {
                     failure.get_or_insert(e);
                 }

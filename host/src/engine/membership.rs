@@ -15,7 +15,7 @@
 
 use super::topic::{Needed, Remote, Slot, SlotConn, Topic, TopicState};
 use super::{lock, presence_topic, ConnId, Envelope, Error, Inner};
-use crate::backend::{BackendError, ChangeKind, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome};
+use crate::backend::{BackendError, ChangeKind, HoldChange, HoldOutcome, HoldTerms, JoinOutcome, LeaveOutcome};
 use std::sync::Arc;
 
 /// What became of a topic after a hold change.
@@ -24,6 +24,10 @@ pub(super) enum Settled {
     Done,
     /// The topic was cleared meanwhile: the caller drops it locally.
     Cleared,
+    /// A new user was refused: the topic lists `members` users, its cap.
+    Full {
+        members: u64,
+    },
 }
 
 impl Needed {
@@ -36,6 +40,31 @@ impl Needed {
 }
 
 impl Inner {
+    /// The terms of every hold this instance takes.
+    pub(super) fn terms(&self) -> HoldTerms {
+        HoldTerms { ttl: self.options.ttl, max_members: self.options.max_members_per_topic }
+    }
+
+    /// Refuse a topic new to the connection beyond its cap, or new to this
+    /// instance beyond the instance's.
+    fn check_topic_caps(&self, conn: ConnId, name: &str) -> Result<(), Error> {
+        if let Some(entry) = lock(&self.conns).get(&conn) {
+            let uses = entry.joined.contains_key(name) || entry.observing.contains(name);
+            let distinct =
+                entry.joined.len() + entry.observing.iter().filter(|t| !entry.joined.contains_key(*t)).count();
+            let limit = self.options.max_topics_per_connection;
+            if !uses && distinct >= limit {
+                return Err(Error::TooManyTopicsForConnection { conn, limit });
+            }
+        }
+        let topics = lock(&self.topics);
+        let limit = self.options.max_topics_per_instance;
+        if !topics.contains_key(name) && topics.len() >= limit {
+            return Err(Error::TooManyTopics { limit });
+        }
+        Ok(())
+    }
+
     /// The topic's entry, created if needed (not necessarily watched yet).
     pub(super) fn topic(&self, name: &str) -> Arc<Topic> {
         lock(&self.topics).entry(name.to_owned()).or_insert_with(|| Arc::new(Topic::new(name))).clone()
@@ -66,11 +95,12 @@ impl Inner {
             return Ok(Settled::Done);
         };
         let epoch = topic.epoch();
-        let ttl = self.options.ttl;
         let outcome = match &needed {
-            Needed::Assert(data) => {
-                self.backend.join(&topic.name, key, data, epoch.as_deref(), ttl).await.map(HoldOutcome::Asserted)
-            }
+            Needed::Assert(data) => self
+                .backend
+                .join(&topic.name, key, data, epoch.as_deref(), self.terms())
+                .await
+                .map(HoldOutcome::Asserted),
             Needed::Release => self.backend.leave(&topic.name, key).await.map(HoldOutcome::Released),
         };
         self.record(topic, key, slot, needed, outcome)
@@ -89,6 +119,7 @@ impl Inner {
     ) -> Result<Settled, BackendError> {
         match outcome {
             Ok(HoldOutcome::Asserted(JoinOutcome::StaleEpoch { .. })) => Ok(Settled::Cleared),
+            Ok(HoldOutcome::Asserted(JoinOutcome::Full { members })) => Ok(Settled::Full { members }),
             Ok(HoldOutcome::Asserted(outcome)) => {
                 let Needed::Assert(data) = needed else { unreachable!("an assert answers an assert") };
                 slot.remote = Remote::Held;
@@ -151,8 +182,12 @@ impl Inner {
         if name.starts_with("__") || lock(&self.conns).get(&conn).is_some_and(|c| c.joined.contains_key(name)) {
             return Ok(());
         }
+        self.check_topic_caps(conn, name)?;
         let user_data = self.platform.user_data(conn).ok_or(Error::UnknownConnection(conn))?;
         let key = self.user_key(conn, &user_data);
+        if key.len() > self.options.max_key_bytes {
+            return Err(Error::KeyTooLong { size: key.len(), limit: self.options.max_key_bytes });
+        }
         let data = self.public_data(user_data).await?;
         // A second pass only follows a join refused because the topic was cleared.
         for _ in 0..2 {
@@ -187,14 +222,21 @@ impl Inner {
                     self.clear_local(name);
                 }
                 Err(e) if e.outcome_unknown() => return Err(Error::Deferred(e)),
-                Err(e) => {
+                refused => {
+                    // Nothing of a refused join stays behind.
                     slot.remove(conn);
                     self.forget_join(conn, name);
                     drop(slot);
                     topic.forget_slot(&key);
                     drop(topic);
                     self.forget_topic_if_idle(name);
-                    return Err(e.into());
+                    return Err(match refused {
+                        Ok(Settled::Full { members }) => {
+                            Error::TopicFull { members, limit: self.options.max_members_per_topic }
+                        }
+                        Err(e) => e.into(),
+                        Ok(_) => unreachable!("handled above"),
+                    });
                 }
             }
         }
@@ -275,6 +317,7 @@ impl Inner {
         if name.starts_with("__") {
             return Ok(());
         }
+        self.check_topic_caps(conn, name)?;
         for _ in 0..2 {
             let topic = self.topic(name);
             if let Err(e) = self.ready(&topic).await {

@@ -33,7 +33,7 @@ mod supervisor;
 mod topic;
 
 pub use envelope::{presence_topic, Envelope, PRESENCE_PREFIX};
-pub use error::Error;
+pub use error::{limit_word, Error};
 pub(crate) use hooks::deferred_is_done;
 pub use hooks::Hooks;
 pub use options::{select_fn, Options, SelectFn};

@@ -35,6 +35,15 @@ pub struct Options {
     pub max_data_bytes: usize,
     /// Longest topic name in bytes (default 1 KiB).
     pub max_topic_bytes: usize,
+    /// Longest user key (the `key` field's value) in bytes (default 256).
+    pub max_key_bytes: usize,
+    /// Users one topic may list, over every instance; a new user beyond it
+    /// is refused with [`super::Error::TopicFull`] (default 10,000; 0: no cap).
+    pub max_members_per_topic: u64,
+    /// Topics one connection may join or observe (default 256).
+    pub max_topics_per_connection: usize,
+    /// Topics this instance may serve at once (default 100,000).
+    pub max_topics_per_instance: usize,
 }
 
 impl Default for Options {
@@ -46,6 +55,10 @@ impl Default for Options {
             ttl: Duration::from_secs(90),
             max_data_bytes: 16 * 1024,
             max_topic_bytes: 1024,
+            max_key_bytes: 256,
+            max_members_per_topic: 10_000,
+            max_topics_per_connection: 256,
+            max_topics_per_instance: 100_000,
         }
     }
 }
@@ -59,6 +72,10 @@ impl std::fmt::Debug for Options {
             .field("ttl", &self.ttl)
             .field("max_data_bytes", &self.max_data_bytes)
             .field("max_topic_bytes", &self.max_topic_bytes)
+            .field("max_key_bytes", &self.max_key_bytes)
+            .field("max_members_per_topic", &self.max_members_per_topic)
+            .field("max_topics_per_connection", &self.max_topics_per_connection)
+            .field("max_topics_per_instance", &self.max_topics_per_instance)
             .finish()
     }
 }
@@ -89,6 +106,15 @@ impl Options {
         }
         if self.max_topic_bytes == 0 {
             return invalid("max_topic_bytes", "must be greater than 0");
+        }
+        if self.max_key_bytes == 0 {
+            return invalid("max_key_bytes", "must be greater than 0");
+        }
+        if self.max_topics_per_connection == 0 {
+            return invalid("max_topics_per_connection", "must be greater than 0");
+        }
+        if self.max_topics_per_instance == 0 {
+            return invalid("max_topics_per_instance", "must be greater than 0");
         }
         Ok(())
     }

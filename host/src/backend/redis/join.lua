@@ -4,20 +4,29 @@
 --
 -- KEYS: 1 users, 2 refs, 3 inst, 4 held:<this instance>, 5 seq, 6 epoch
 -- ARGV: 1 instance id, 2 user key, 3 public data (JSON), 4 ttl (ms),
---       5 backstop (ms), 6 epoch this instance knows ('' = none), 7 channel
--- Reply: {'join'|'updated', seq} | {'same', 0} | {'stale', epoch}
+--       5 backstop (ms), 6 epoch this instance knows ('' = none), 7 channel,
+--       8 most users the topic may list (0 = no cap)
+-- Reply: {'join'|'updated', seq} | {'same', 0} | {'stale', epoch} | {'full', users}
 --
 -- "exactly once": only the first holder anywhere publishes `join`; a later
 -- holder publishes `updated` when its data differs, nothing otherwise.
 -- "clear sticks": a join made by an instance that missed a clear() is refused
 -- ('stale'), so that instance drops its pre-clear state instead of reviving it.
 -- "one clock": the hold's expiry is stamped with Redis's clock.
+-- The member cap is checked in the same step as the join, so concurrent
+-- joins on every instance together never list more than the cap.
 local instance, user, data = ARGV[1], ARGV[2], ARGV[3]
 local ttl, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
 local known_epoch, channel = ARGV[6], ARGV[7]
+local max_users = tonumber(ARGV[8])
 
 local epoch = redis.call('GET', KEYS[6])
 if epoch and epoch ~= known_epoch then return {'stale', epoch} end
+
+if max_users > 0 then
+  local users = redis.call('HLEN', KEYS[1])
+  if users >= max_users and redis.call('HEXISTS', KEYS[1], user) == 0 then return {'full', users} end
+end
 
 local now = redis_now()
 redis.call('ZADD', KEYS[3], now + ttl, instance)

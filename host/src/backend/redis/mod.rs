@@ -29,8 +29,8 @@ mod subscriber;
 pub use keys::TopicKeys;
 
 use super::{
-    backstop, now_ms, Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, JoinOutcome, LeaveOutcome,
-    Snapshot, TickReport, TickTopic,
+    backstop, now_ms, Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, HoldTerms, JoinOutcome,
+    LeaveOutcome, Snapshot, TickReport, TickTopic,
 };
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -157,12 +157,13 @@ impl RedisBackend {
         }
     }
 
-    fn join_call(&self, topic: &str, key: &str, data: &str, epoch: Option<&str>, ttl: Duration) -> ScriptCall {
+    fn join_call(&self, topic: &str, key: &str, data: &str, epoch: Option<&str>, terms: HoldTerms) -> ScriptCall {
         let k = self.keys(topic);
         let mut call = scripts::JOIN.prepare_invoke();
         call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq).key(&k.epoch);
-        call.arg(&self.instance).arg(key).arg(data).arg(ttl.as_millis() as u64);
-        call.arg(backstop(ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
+        call.arg(&self.instance).arg(key).arg(data).arg(terms.ttl.as_millis() as u64);
+        call.arg(backstop(terms.ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
+        call.arg(terms.max_members);
         call
     }
 
@@ -248,9 +249,9 @@ impl Backend for RedisBackend {
         key: &str,
         data: &str,
         epoch: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
     ) -> Result<JoinOutcome, BackendError> {
-        let scripts::JoinReply(outcome) = self.invoke("join", self.join_call(topic, key, data, epoch, ttl)).await?;
+        let scripts::JoinReply(outcome) = self.invoke("join", self.join_call(topic, key, data, epoch, terms)).await?;
         Ok(outcome)
     }
 
@@ -263,7 +264,7 @@ impl Backend for RedisBackend {
         &self,
         topic: &str,
         epoch: Option<&str>,
-        ttl: Duration,
+        terms: HoldTerms,
         changes: &[HoldChange<'_>],
     ) -> Result<Vec<HoldOutcome>, BackendError> {
         let mut outcomes = Vec::with_capacity(changes.len());
@@ -272,7 +273,7 @@ impl Backend for RedisBackend {
             let mut pipe = redis::pipe();
             for change in batch {
                 pipe.invoke_script(&match *change {
-                    HoldChange::Assert { key, data } => self.join_call(topic, key, data, epoch, ttl),
+                    HoldChange::Assert { key, data } => self.join_call(topic, key, data, epoch, terms),
                     HoldChange::Release { key } => self.leave_call(topic, key),
                 });
             }

@@ -49,6 +49,7 @@ impl FromRedisValue for JoinReply {
             "updated" => Updated { seq: int(&items[1])? },
             "same" => Unchanged,
             "stale" => StaleEpoch { epoch: text(&items[1])? },
+            "full" => Full { members: int(&items[1])? },
             other => return Err(format!("unknown join status {other:?}").into()),
         }))
     }
