@@ -5,7 +5,7 @@
 use presence::plugin::kv::MemoryKv;
 use presence::plugin::{Action, LoadError, PluginConfig, PluginHost, UpgradeRequest};
 use presence::{Hub, Options, Presence};
-use presence_tests::guests::{build_guest, deploy, Scratch};
+use presence_tests::guests::{build_guest, build_wat_guest, deploy, Scratch};
 use presence_tests::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +44,7 @@ fn request(query: &str) -> UpgradeRequest {
 async fn select_guest_chooses_public_fields() {
     let plugin = host(&build_guest("examples/select-guest")).await;
     let (presence, hub) = engine_with(&plugin).await;
-    let (conn, mut rx) = hub.connect(json!({"id": "ada", "name": "Ada", "color": "teal", "email": "a@x"}), 16);
+    let (conn, mut rx) = hub.connect(json!({"id": "ada", "name": "Ada", "color": "teal", "email": "a@x"}), 1 << 20);
     presence.join(conn, "room").await.unwrap();
     let list: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
     assert_eq!(list["data"], json!([{"key": "ada", "data": {"id": "ada", "name": "Ada", "color": "teal"}}]));
@@ -58,7 +58,7 @@ async fn defaults_reproduce_the_builtin_behaviour() {
     let user = plugin.authenticate(request("id=ada&name=Ada%20L&token=s")).await.unwrap();
     assert_eq!(user, json!({"id": "ada", "name": "Ada L", "token": "s"}));
     let (presence, hub) = engine_with(&plugin).await;
-    let (ada, mut rx) = hub.connect(user.clone(), 64);
+    let (ada, mut rx) = hub.connect(user.clone(), 1 << 20);
     plugin.authorize(ada, &user, "room", Action::Subscribe).await.unwrap();
     // on-subscribe: a regular topic joins, with the default select applied.
     plugin.on_subscribe(ada, &user, "room").await.unwrap();
@@ -128,6 +128,11 @@ async fn hostile_guests_are_contained() {
     let socket = attack("socket").await.unwrap();
     assert!(socket.get("connected").is_none() && socket["error"].is_string(), "{socket}");
     assert_eq!(attack("env").await.unwrap(), json!({"vars": 0}));
+    // Strings far over every import's limit are refused, each naming it.
+    let refusals = attack("huge-imports").await.unwrap();
+    for import in ["kv_key", "kv_value", "publish_topic", "publish_event", "send_data", "join_topic"] {
+        assert!(refusals[import].as_str().is_some_and(|e| e.contains("bytes")), "{import}: {refusals}");
+    }
 
     assert_eq!(healthy.await.unwrap(), 200, "other calls kept being served");
     assert_eq!(select(json!({"id": "after"})).await.unwrap(), json!({"id": "after", "hostile": true}));
@@ -153,7 +158,7 @@ async fn a_hook_cut_off_mid_join_leaves_a_whole_join() {
     let mut watcher = observer.connect(json!({"id": "watcher"}));
     observer.presence.sync(watcher.id, "hang-room").await.unwrap();
     let user = json!({"id": "alice"});
-    let (alice, _rx) = hub.connect(user.clone(), 100);
+    let (alice, _rx) = hub.connect(user.clone(), 1 << 20);
     presence.join(alice, "warmup").await.unwrap(); // Redis connection up
 
     server.pause();
@@ -172,7 +177,7 @@ async fn failures_fail_closed() {
     // The hostile guest's `select` attacks; a join through it fails cleanly.
     let plugin = host(&build_guest("tests/guests/hostile")).await;
     let (presence, hub) = engine_with(&plugin).await;
-    let (conn, _rx) = hub.connect(json!({"id": "x", "attack": "panic"}), 16);
+    let (conn, _rx) = hub.connect(json!({"id": "x", "attack": "panic"}), 1 << 20);
     let err = presence.join(conn, "room").await.unwrap_err();
     assert!(err.to_string().contains("select rejected"), "{err}");
     assert_eq!(presence.count("room").await.unwrap(), 0);
@@ -327,7 +332,8 @@ async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
     let mut instances = Vec::new();
     for _ in 0..2 {
         let backend = RedisBackend::connect(RedisOptions::new(server.url())).await.unwrap();
-        let kv = Arc::new(RedisKv::new(backend.connection(), backend.prefix(), backend.timeout()));
+        let kv = RedisKv::connect(&server.url(), backend.prefix(), backend.timeout(), Default::default()).await;
+        let kv = Arc::new(kv.expect("kv connects"));
         let plugin = PluginHost::start(PluginConfig::new(&wasm), kv).await.unwrap();
         let hub = Hub::new();
         let options = Options { select: Some(plugin.select_fn()), ..fast_options() };
@@ -338,27 +344,30 @@ async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
     let user = json!({"id": "ada"});
     // Outside rooms: no presence.
     let (plugin, presence, hub) = &instances[0];
-    let (conn, _rx) = hub.connect(user.clone(), 64);
+    let (conn, _rx) = hub.connect(user.clone(), 1 << 20);
     plugin.on_subscribe(conn, &user, "chat").await.unwrap();
     assert_eq!(presence.count("chat").await.unwrap(), 0);
     // Five joins across both instances pass; the sixth, on either, is refused.
     let mut receivers = Vec::new();
     for i in 0..5 {
         let (plugin, presence, hub) = &instances[i % 2];
-        let (conn, rx) = hub.connect(user.clone(), 64);
+        let (conn, rx) = hub.connect(user.clone(), 1 << 20);
         receivers.push(rx);
         plugin.on_subscribe(conn, &user, &format!("room-{i}")).await.unwrap();
         assert_eq!(presence.count(&format!("room-{i}")).await.unwrap(), 1);
     }
     let (plugin, presence, hub) = &instances[1];
-    let (conn, _rx) = hub.connect(user.clone(), 64);
+    let (conn, _rx) = hub.connect(user.clone(), 1 << 20);
     let refused = plugin.on_subscribe(conn, &user, "room-5").await.unwrap_err();
     assert!(refused.contains("rate limited"), "{refused}");
     assert_eq!(presence.count("room-5").await.unwrap(), 0);
-    // The counter lives under the plugin namespace, apart from presence keys.
+    // The counter lives under the plugin namespace, apart from presence keys,
+    // and counts against the plugin's quota.
     let mut con = server.connection();
-    let counter: i64 = redis::cmd("GET").arg("presence-kv:joins:ada").query(&mut con).unwrap();
+    let counter: i64 = redis::cmd("GET").arg("presence#kv{presence}:v:joins:ada").query(&mut con).unwrap();
     assert_eq!(counter, 6);
+    let keys: i64 = redis::cmd("ZCARD").arg("presence#kv{presence}:index").query(&mut con).unwrap();
+    assert_eq!(keys, 1);
 }
 
 /// The same `select` policy written in Python (componentize-py) loads and
@@ -374,10 +383,112 @@ async fn python_guest_speaks_the_same_contract() {
     let (presence, hub) = engine_with(&plugin).await;
     let user = plugin.authenticate(request("id=ada&name=Ada&color=teal&email=a%40x")).await.unwrap();
     assert_eq!(user["email"], "a@x");
-    let (conn, mut rx) = hub.connect(user.clone(), 16);
+    let (conn, mut rx) = hub.connect(user.clone(), 1 << 20);
     plugin.on_subscribe(conn, &user, "room").await.unwrap();
     let list: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
     assert_eq!(list["data"], json!([{"key": "ada", "data": {"id": "ada", "name": "Ada", "color": "teal"}}]));
     plugin.on_close(conn, &user).await.unwrap();
     assert_eq!(presence.count("room").await.unwrap(), 0);
+}
+
+/// RSS of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+}
+
+/// Guests written in WebAssembly text attack the limits a Rust guest cannot
+/// reach: a table grown by 2^30 elements traps naming the limit (and costs
+/// the host next to nothing), too many memories or tables fail the load in
+/// plain words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_and_memory_bombs_hit_their_limits() {
+    let bomb = build_wat_guest("table-bomb", "", "(drop (table.grow $funcs (ref.null func) (i32.const 1073741824)))");
+    let plugin = host(&bomb).await;
+    let before = rss_kib();
+    for _ in 0..20 {
+        let refused = plugin.authorize(1, &json!({"id": "x"}), "t", Action::Subscribe).await.unwrap_err();
+        let message = refused.to_string();
+        assert!(message.contains("table limit reached: at most 100000 elements"), "{message}");
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 8 * 1024, "20 table bombs grew the host by {grown} KiB");
+    assert_eq!(plugin.select_fn()(json!({"id": "after"})).await.unwrap(), json!({}), "the plugin still answers");
+
+    for (name, fields, limit) in [
+        ("many-memories", "(memory 1) (memory 1) (memory 1) (memory 1) (memory 1)", "memory limit reached"),
+        ("many-tables", &"(table 1 funcref) ".repeat(70), "table limit reached"),
+    ] {
+        let wasm = build_wat_guest(name, fields, "");
+        let refused = PluginHost::start(PluginConfig::new(&wasm), Arc::new(MemoryKv::default())).await.err();
+        let message = refused.expect("refused").to_string();
+        assert!(message.contains(limit), "{name}: {message}");
+    }
+}
+
+/// However many calls arrive at once, at most `max_instances` instances
+/// exist; the calls beyond wait for a place within their deadline, or are
+/// refused saying so. Afterwards the plugin serves normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_flood_is_bounded() {
+    let _turn = CPU_HEAVY.lock().await;
+    let mut config = PluginConfig::new(build_guest("tests/guests/hostile"));
+    config.limits.max_instances = 3;
+    config.limits.hook_deadline = Duration::from_millis(300);
+    let plugin = Arc::new(PluginHost::start(config, Arc::new(MemoryKv::default())).await.unwrap());
+    let user = json!({"id": "flood"});
+    // Each call spins in its hook until the deadline, holding an instance.
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let (plugin, user) = (plugin.clone(), user.clone());
+            tokio::spawn(async move { plugin.on_subscribe(i, &user, &format!("hang-{i}")).await })
+        })
+        .collect();
+    let mut peak = 0;
+    while !calls.iter().all(|c| c.is_finished()) {
+        peak = peak.max(plugin.instances_alive());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!((1..=3).contains(&peak), "peak of {peak} instances alive");
+    let mut busy = 0;
+    for call in calls {
+        let error = call.await.unwrap().unwrap_err();
+        busy += error.contains("instances stayed busy") as u32;
+        assert!(error.contains("deadline"), "{error}");
+    }
+    assert!(busy > 0, "some calls found no instance free");
+    assert_eq!(plugin.select_fn()(json!({"id": "after"})).await.unwrap(), json!({"id": "after", "hostile": true}));
+}
+
+/// The precompiled cache loads only what this host wrote: a planted
+/// artifact is refused (and counted) and the plugin compiled instead; a
+/// directory others can write is refused at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_cache_artifact_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = Scratch::new("planted-cache");
+    let mut config = PluginConfig::new(build_guest("tests/guests/defaults"));
+    config.cache_dir = Some(cache.0.clone());
+    drop(PluginHost::start(config.clone(), Arc::new(MemoryKv::default())).await.expect("first load"));
+    let artifacts: Vec<_> = std::fs::read_dir(&cache.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    // Plant native code under the artifact's name.
+    std::fs::write(&artifacts[0], b"\x7fELF planted native code").unwrap();
+    let plugin = PluginHost::start(config.clone(), Arc::new(MemoryKv::default())).await.expect("compiled instead");
+    assert_eq!(plugin.metrics().cache_rejected.load(Ordering::Relaxed), 1);
+    assert_eq!(plugin.select_fn()(json!({"id": "a", "__x": 1})).await.unwrap(), json!({"id": "a"}));
+    // The artifact was written again, this time by the host: trusted.
+    let again = PluginHost::start(config.clone(), Arc::new(MemoryKv::default())).await.unwrap();
+    assert_eq!(again.metrics().cache_rejected.load(Ordering::Relaxed), 0);
+
+    std::fs::set_permissions(&cache.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = PluginHost::start(config, Arc::new(MemoryKv::default())).await.err().expect("refused");
+    assert!(
+        matches!(refused, LoadError::Cache { .. }) && refused.to_string().contains("writable by others"),
+        "{refused}"
+    );
 }

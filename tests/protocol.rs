@@ -6,6 +6,7 @@
 
 use presence::plugin::PluginConfig;
 use presence::server::{ServerConfig, ServerLimits};
+use presence::Options;
 use presence_tests::guests::build_guest;
 use presence_tests::ws::{http_post, Served, WsClient};
 use presence_tests::*;
@@ -175,7 +176,7 @@ async fn a_burst_of_joins_is_coalesced_into_few_frames() {
     let hub = served.server.hub().clone();
     let joins = (0..1000).map(|i| {
         // Each joiner also receives the others' legacy joins: room for all of them.
-        let (conn, rx) = hub.connect(json!({"id": format!("u{i}")}), 2048);
+        let (conn, rx) = hub.connect(json!({"id": format!("u{i}")}), 1 << 20);
         let presence = presence.clone();
         async move {
             presence.join(conn, "burst").await.unwrap();
@@ -205,6 +206,13 @@ async fn close_codes_match_what_clients_do_with_them() {
     for (status, code) in [(401, 4401), (403, 4403), (429, 4429)] {
         let mut refused = served.connect(&format!("id=x&deny={status}")).await;
         assert_eq!(refused.wait_closed().await, Some(code), "status {status}");
+    }
+    // A denial that is no HTTP error, or a trap: the plugin failed. The
+    // unauthenticated client learns only that (1011), never the trap text.
+    for query in ["id=x&deny=200", "id=x&deny=0", "id=x&trap=1"] {
+        let mut refused = served.connect(query).await;
+        assert_eq!(refused.wait_closed().await, Some(1011), "{query}");
+        assert_eq!(refused.close_reason.as_deref(), Some("authentication unavailable"), "{query}");
     }
 
     let mut client = current(&served, "id=ok").await;
@@ -285,4 +293,25 @@ async fn a_deferred_join_is_acknowledged_and_made_through_a_plugin() {
     redis.restart();
     let state = client.wait_frame("state", |f| f["event"] == "presence_state").await;
     assert_eq!(state["data"], json!({"ada": {"id": "ada"}}), "{state}");
+}
+
+/// A join over a cap reaches a current client as a denial with the cap's
+/// word (`TOPIC_FULL`), and nothing of the refused subscribe stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_topic_is_denied_with_its_word() {
+    let options = Options { max_members_per_topic: 1, ..fast_options() };
+    let served = Served::start(ServerConfig { options, ..ServerConfig::default() }).await;
+    let mut first = current(&served, "id=first").await;
+    first.subscribe_ref("room", 1).await;
+    first.wait_frame("subscribed", |f| f["type"] == "subscribed").await;
+    let mut second = current(&served, "id=second").await;
+    second.subscribe_ref("room", 7).await;
+    let denied = second.wait_frame("denial", |f| f["type"] == "subscribe-denied").await;
+    assert_eq!(denied, json!({"type": "subscribe-denied", "topic": "room", "ref": 7, "reason": "TOPIC_FULL"}));
+    assert_eq!(served.server.hub().subscribers("room"), 1, "the refused subscribe left no subscription");
+    assert_eq!(served.server.presence().count("room").await.unwrap(), 1);
+    // Once there is room, the same client gets in.
+    first.close().await;
+    second.subscribe_ref("room", 8).await;
+    second.wait_frame("subscribed", |f| f["type"] == "subscribed" && f["ref"] == 8).await;
 }

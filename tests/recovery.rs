@@ -291,7 +291,7 @@ async fn a_crashed_task_is_restarted_and_counted() {
     let platform = Arc::new(PanicsOnce { hub: hub.clone(), armed: AtomicBool::new(false) });
     let a = Presence::new(store.backend().await, platform.clone(), fast_options()).unwrap();
     let b = Instance::start(&store, fast_options()).await;
-    let (watcher, mut rx) = hub.connect(json!({"id": "watcher"}), 1000);
+    let (watcher, mut rx) = hub.connect(json!({"id": "watcher"}), 1 << 20);
     a.sync(watcher, "room").await.unwrap();
     platform.armed.store(true, Ordering::SeqCst);
     let first = b.connect(json!({"id": "first"}));

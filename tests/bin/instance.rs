@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let presence = Presence::new(Arc::new(backend), hub.clone(), options)?;
     let mut receivers = Vec::new();
     for i in 0..users.parse::<usize>()? {
-        let (conn, rx) = hub.connect(serde_json::json!({"id": format!("crashed-{i}")}), 1 << 16);
+        let (conn, rx) = hub.connect(serde_json::json!({"id": format!("crashed-{i}")}), 64 << 20);
         presence.join(conn, topic).await?;
         receivers.push(rx);
     }

@@ -33,7 +33,7 @@ where
 /// joins/s of `users` distinct users over 2,000 topics, 256 in flight.
 async fn joins_per_second(presence: &Presence, hub: &Hub, users: usize) -> f64 {
     let conns: Vec<_> =
-        (0..users).map(|i| hub.connect(json!({"id": format!("u{i}"), "name": "n", "color": "c"}), 1024)).collect();
+        (0..users).map(|i| hub.connect(json!({"id": format!("u{i}"), "name": "n", "color": "c"}), 1 << 20)).collect();
     let started = Instant::now();
     futures::stream::iter(conns.iter().enumerate())
         .for_each_concurrent(256, |(i, (conn, _))| async move {
@@ -94,7 +94,7 @@ pub async fn run() {
             .await,
         ),
         ("on-subscribe + on-unsubscribe (join and leave inside, memory backend)", {
-            let (conn, _rx) = hub.connect(user.clone(), 1 << 16);
+            let (conn, _rx) = hub.connect(user.clone(), 1 << 20);
             let (plugin, user) = (&plugin, &user);
             sample(N / 4, |_| async move {
                 plugin.on_subscribe(conn, user, "room").await.unwrap();

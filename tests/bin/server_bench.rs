@@ -24,7 +24,8 @@ impl Presenced {
         assert!(binary.exists(), "build it first: cargo build --release -p presence --bin presenced");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(binary)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--redis", redis, "--send-queue", "8192"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--redis", redis, "--send-queue-bytes", "67108864"])
+            .args(["--max-connections", "100000", "--max-connections-per-address", "100000"])
             .args(["--messages-per-second", "1000", "--redis-timeout-ms", "10000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -225,7 +226,7 @@ async fn engine_joins(url: &str, n: usize) -> f64 {
     let presence =
         Presence::new(Arc::new(RedisBackend::connect(options).await.unwrap()), hub.clone(), Options::default())
             .unwrap();
-    let conns: Vec<_> = (0..n).map(|i| hub.connect(json!({"id": format!("e{i}"), "name": "e"}), 1 << 12).0).collect();
+    let conns: Vec<_> = (0..n).map(|i| hub.connect(json!({"id": format!("e{i}"), "name": "e"}), 1 << 20).0).collect();
     let started = Instant::now();
     futures::stream::iter(conns.iter().enumerate())
         .for_each_concurrent(256, |(i, conn)| {

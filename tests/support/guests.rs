@@ -93,3 +93,27 @@ pub fn build_python_guest(app_dir: &str, module: &str) -> PathBuf {
     assert!(output.status.success(), "componentize-py failed:\n{}", String::from_utf8_lossy(&output.stderr));
     wasm
 }
+
+/// Build a component from the hand-written guest `tests/guests/wat/plugin.wat`
+/// with its placeholders filled (`fields`: extra module fields, `authorize`:
+/// instructions run first in `authorize`), named `name`.
+pub fn build_wat_guest(name: &str, fields: &str, authorize: &str) -> PathBuf {
+    let root = workspace();
+    let source = std::fs::read_to_string(root.join("tests/guests/wat/plugin.wat")).unwrap();
+    let source = source.replace("@FIELDS@", fields).replace("@AUTHORIZE@", authorize);
+    let mut module = wat::parse_str(&source).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(root.join("wit")).expect("wit/ parses");
+    let world = resolve.select_world(&[package], Some("plugin")).expect("world `plugin`");
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8)
+        .expect("metadata embeds");
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let out = root.join("target").join("guests");
+    std::fs::create_dir_all(&out).unwrap();
+    let path = out.join(format!("{name}.wasm"));
+    std::fs::write(&path, component).unwrap();
+    path
+}

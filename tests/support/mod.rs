@@ -9,13 +9,11 @@ pub mod slow;
 
 use presence::backend::memory::MemoryStore;
 use presence::backend::redis::{RedisBackend, RedisOptions};
-use presence::hub::Frame;
 use presence::{ConnId, Hub, Options, Presence};
 use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 pub use redis_server::RedisServer;
 
@@ -102,7 +100,7 @@ impl Instance {
 
     /// A new connection with this user data.
     pub fn connect(&self, user_data: Value) -> Client {
-        let (id, rx) = self.hub.connect(user_data, 10_000);
+        let (id, rx) = self.hub.connect(user_data, 16 << 20);
         Client { id, rx, seen: Vec::new() }
     }
 
@@ -123,13 +121,13 @@ impl Instance {
 /// A connection's receiving end, remembering what it received.
 pub struct Client {
     pub id: ConnId,
-    rx: mpsc::Receiver<Frame>,
+    rx: presence::hub::Outbox,
     pub seen: Vec<Value>,
 }
 
 impl Client {
     fn pull(&mut self) {
-        while let Ok(frame) = self.rx.try_recv() {
+        while let Some(frame) = self.rx.try_recv() {
             self.seen.push(serde_json::from_str(&frame).expect("frames are JSON"));
         }
     }

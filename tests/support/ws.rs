@@ -22,10 +22,8 @@ impl Served {
         let server = PresenceServer::start(config).await.expect("server starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = server.router().into_make_service_with_connect_info::<SocketAddr>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let serving = server.clone();
+        let task = tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
         Self { server, addr, task }
     }
 
@@ -88,12 +86,14 @@ pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub seen: Vec<Value>,
     pub closed: Option<Option<u16>>,
+    /// The reason of the server's close frame, once `wait_closed` saw it.
+    pub close_reason: Option<String>,
 }
 
 impl WsClient {
     pub async fn connect(url: &str) -> Result<Self, tungstenite::Error> {
         let (stream, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Self { stream, seen: Vec::new(), closed: None })
+        Ok(Self { stream, seen: Vec::new(), closed: None, close_reason: None })
     }
 
     /// Connect sending a `Cookie` header (e.g. a preflight's session).
@@ -102,7 +102,7 @@ impl WsClient {
         let mut request = url.into_client_request()?;
         request.headers_mut().insert("cookie", cookie.parse().unwrap());
         let (stream, _) = tokio_tungstenite::connect_async(request).await?;
-        Ok(Self { stream, seen: Vec::new(), closed: None })
+        Ok(Self { stream, seen: Vec::new(), closed: None, close_reason: None })
     }
 
     /// Open as a current (0.5) client: `hello` with these capabilities.
@@ -222,7 +222,10 @@ impl WsClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.stream.next()).await {
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code.into()),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    self.close_reason = frame.as_ref().map(|f| f.reason.to_string());
+                    return frame.map(|f| f.code.into());
+                }
                 Ok(Some(Ok(Message::Text(text)))) => self.seen.push(serde_json::from_str(&text).unwrap()),
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(_))) | Ok(None) => return None,

@@ -3,13 +3,19 @@
 //! Run with: `cargo run -p presence --bin presenced` (in-memory, demo page at
 //! http://127.0.0.1:8080/), or with `--redis redis://127.0.0.1:6379/` to
 //! share presence with other instances. `presenced --help` lists every flag;
-//! each has an environment-variable twin. SIGHUP reloads the plugin now;
-//! SIGTERM/SIGINT stop gracefully.
+//! each has an environment-variable twin, and nonsense values (a zero
+//! interval, an empty budget) are refused at startup. SIGHUP reloads the
+//! plugin now (and does nothing without one); SIGTERM/SIGINT stop gracefully.
+//!
+//! Without a plugin the query string is the user's identity: a demo default,
+//! so presenced refuses it on a non-loopback address unless told
+//! `--insecure-demo-auth`.
 
-use axum::serve::ListenerExt;
 use clap::Parser;
 use presence::backend::redis::RedisOptions;
+use presence::plugin::kv::Quota;
 use presence::plugin::{Limits, PluginConfig};
+use presence::server::admission::AllowedOrigins;
 use presence::server::{PresenceServer, ServerConfig, ServerLimits};
 use presence::Options;
 use std::net::SocketAddr;
@@ -31,7 +37,7 @@ struct Cli {
     #[arg(long, env = "PRESENCE_PREFIX", default_value = "presence")]
     prefix: String,
     /// Bound on every Redis call, in milliseconds.
-    #[arg(long, env = "PRESENCE_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "PRESENCE_REDIS_TIMEOUT_MS", default_value_t = 2000, value_parser = at_least_one())]
     redis_timeout_ms: u64,
     /// Policy plugin: a WebAssembly component for the `presence:plugin` world.
     #[arg(long, env = "PRESENCE_PLUGIN")]
@@ -43,37 +49,80 @@ struct Cli {
     #[arg(long, env = "PRESENCE_PLUGIN_CACHE")]
     plugin_cache: Option<PathBuf>,
     /// Deadline of authenticate/authorize/select plugin calls, in milliseconds.
-    #[arg(long, env = "PRESENCE_PLUGIN_DEADLINE_MS", default_value_t = 10)]
+    #[arg(long, env = "PRESENCE_PLUGIN_DEADLINE_MS", default_value_t = 10, value_parser = at_least_one())]
     plugin_deadline_ms: u64,
     /// Memory cap of one plugin instance, in MiB.
-    #[arg(long, env = "PRESENCE_PLUGIN_MEMORY_MB", default_value_t = 64)]
-    plugin_memory_mb: usize,
+    #[arg(long, env = "PRESENCE_PLUGIN_MEMORY_MB", default_value_t = 64, value_parser = at_least_one())]
+    plugin_memory_mb: u64,
+    /// Plugin instances alive at once (together they take at most this many
+    /// times the memory cap).
+    #[arg(long, env = "PRESENCE_PLUGIN_INSTANCES", default_value_t = 32, value_parser = at_least_one())]
+    plugin_instances: u64,
+    /// Keys the plugin may keep in its key-value store.
+    #[arg(long, env = "PRESENCE_PLUGIN_KV_KEYS", default_value_t = 10_000, value_parser = at_least_one())]
+    plugin_kv_keys: u64,
+    /// Bytes (keys and values) the plugin may keep in its key-value store, in MiB.
+    #[arg(long, env = "PRESENCE_PLUGIN_KV_MB", default_value_t = 16, value_parser = at_least_one())]
+    plugin_kv_mb: u64,
     /// Hold refresh and sweep interval, in milliseconds.
-    #[arg(long, env = "PRESENCE_HEARTBEAT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "PRESENCE_HEARTBEAT_MS", default_value_t = 30_000, value_parser = at_least_one())]
     heartbeat_ms: u64,
-    /// How long a crashed instance's users stay listed, in seconds.
-    #[arg(long, env = "PRESENCE_TTL_S", default_value_t = 90)]
+    /// How long a crashed instance's users stay listed, in seconds (more than the heartbeat).
+    #[arg(long, env = "PRESENCE_TTL_S", default_value_t = 90, value_parser = at_least_one())]
     ttl_s: u64,
     /// User-data field that identifies a user across tabs.
     #[arg(long, env = "PRESENCE_KEY", default_value = "id")]
     key: String,
+    /// Users one topic may list, over every instance (0: no cap).
+    #[arg(long, env = "PRESENCE_MAX_MEMBERS_PER_TOPIC", default_value_t = 10_000)]
+    max_members_per_topic: u64,
+    /// Bytes of one user's public data (as JSON).
+    #[arg(long, env = "PRESENCE_MAX_DATA_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(2..))]
+    max_data_bytes: u64,
+    /// Bytes of one user key.
+    #[arg(long, env = "PRESENCE_MAX_KEY_BYTES", default_value_t = 256, value_parser = at_least_one())]
+    max_key_bytes: u64,
+    /// Topics one connection may join or observe.
+    #[arg(long, env = "PRESENCE_MAX_TOPICS_PER_CONNECTION", default_value_t = 256, value_parser = at_least_one())]
+    max_topics_per_connection: u64,
+    /// Topics this instance may serve at once.
+    #[arg(long, env = "PRESENCE_MAX_TOPICS", default_value_t = 100_000, value_parser = at_least_one())]
+    max_topics: u64,
     /// Largest client frame, in bytes.
-    #[arg(long, env = "PRESENCE_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
-    max_frame_bytes: usize,
+    #[arg(long, env = "PRESENCE_MAX_FRAME_BYTES", default_value_t = 16 * 1024, value_parser = at_least_one())]
+    max_frame_bytes: u64,
     /// Subscriptions one connection may hold.
-    #[arg(long, env = "PRESENCE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
-    max_subscriptions: usize,
+    #[arg(long, env = "PRESENCE_MAX_SUBSCRIPTIONS", default_value_t = 100, value_parser = at_least_one())]
+    max_subscriptions: u64,
     /// Client frames per second per connection.
-    #[arg(long, env = "PRESENCE_MESSAGES_PER_SECOND", default_value_t = 50)]
+    #[arg(long, env = "PRESENCE_MESSAGES_PER_SECOND", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     messages_per_second: u32,
-    /// Outgoing frames queued per connection before a slow client is dropped.
-    #[arg(long, env = "PRESENCE_SEND_QUEUE", default_value_t = 1024)]
-    send_queue: usize,
+    /// Bytes of outgoing frames queued per connection before a slow client is dropped.
+    #[arg(long, env = "PRESENCE_SEND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = at_least_one())]
+    send_queue_bytes: u64,
+    /// Open WebSocket connections in total (more are refused with 503).
+    #[arg(long, env = "PRESENCE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = at_least_one())]
+    max_connections: u64,
+    /// Open WebSocket connections from one client address (more are refused with 503).
+    #[arg(long, env = "PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = at_least_one())]
+    max_connections_per_address: u64,
+    /// How long a client may take to send its HTTP request headers, in milliseconds.
+    #[arg(long, env = "PRESENCE_HEADER_READ_TIMEOUT_MS", default_value_t = 5_000, value_parser = at_least_one())]
+    header_read_timeout_ms: u64,
+    /// Browser origins allowed to open a socket, comma-separated
+    /// (`https://app.example.com`), or `*`. Default: this server's own host
+    /// and loopback pages. Clients without an `Origin` header are allowed.
+    #[arg(long, env = "PRESENCE_ALLOWED_ORIGINS", default_value = "", value_parser = AllowedOrigins::parse)]
+    allowed_origins: AllowedOrigins,
+    /// Allow the query-string demo identity (no plugin) on a non-loopback address.
+    #[arg(long, env = "PRESENCE_INSECURE_DEMO_AUTH")]
+    insecure_demo_auth: bool,
     /// Keepalive ping interval, in seconds.
-    #[arg(long, env = "PRESENCE_PING_INTERVAL_S", default_value_t = 20)]
+    #[arg(long, env = "PRESENCE_PING_INTERVAL_S", default_value_t = 20, value_parser = at_least_one())]
     ping_interval_s: u64,
-    /// A client silent this long after a ping is closed (and leaves), in seconds.
-    #[arg(long, env = "PRESENCE_PONG_TIMEOUT_S", default_value_t = 10)]
+    /// A client silent this long after a ping is closed (and leaves), in
+    /// seconds; also the bound on every socket write.
+    #[arg(long, env = "PRESENCE_PONG_TIMEOUT_S", default_value_t = 10, value_parser = at_least_one())]
     pong_timeout_s: u64,
     /// Presence changes collected into one `presence_diff` for current
     /// clients, in milliseconds (0: as soon as possible).
@@ -86,7 +135,27 @@ struct Cli {
     session_key_file: Option<PathBuf>,
 }
 
+/// Counts, sizes and intervals: zero is never meant.
+fn at_least_one() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..)
+}
+
 impl Cli {
+    /// The query-string identity is a demo default: anyone can claim any
+    /// user. Fine on loopback; refused elsewhere unless asked for.
+    fn check_demo_auth(&self) -> anyhow::Result<()> {
+        if self.plugin.is_none() && !self.listen.ip().is_loopback() && !self.insecure_demo_auth {
+            anyhow::bail!(
+                "without --plugin, the query string is the user's identity (a demo default: anyone can claim \
+                 to be anyone). Refusing to serve it on {}, which is not a loopback address. Give a plugin \
+                 that authenticates (--plugin), listen on 127.0.0.1, or pass --insecure-demo-auth if you \
+                 really mean it.",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+
     fn config(&self) -> anyhow::Result<ServerConfig> {
         let session_key = match &self.session_key_file {
             Some(path) => {
@@ -105,11 +174,14 @@ impl Cli {
             cache_dir: self.plugin_cache.clone(),
             limits: Limits {
                 call_deadline: Duration::from_millis(self.plugin_deadline_ms),
-                memory_bytes: self.plugin_memory_mb << 20,
+                memory_bytes: (self.plugin_memory_mb as usize) << 20,
+                max_instances: self.plugin_instances as usize,
+                max_idle_instances: self.plugin_instances as usize,
                 ..Limits::default()
             },
             watch: self.plugin_watch,
             log_lines_per_second: 200,
+            kv_quota: Quota { max_keys: self.plugin_kv_keys as usize, max_bytes: (self.plugin_kv_mb as usize) << 20 },
         });
         Ok(ServerConfig {
             redis,
@@ -119,16 +191,25 @@ impl Cli {
                 key: self.key.clone(),
                 heartbeat: Duration::from_millis(self.heartbeat_ms),
                 ttl: Duration::from_secs(self.ttl_s),
+                max_members_per_topic: self.max_members_per_topic,
+                max_data_bytes: self.max_data_bytes as usize,
+                max_key_bytes: self.max_key_bytes as usize,
+                max_topics_per_connection: self.max_topics_per_connection as usize,
+                max_topics_per_instance: self.max_topics as usize,
                 ..Options::default()
             },
             limits: ServerLimits {
-                max_frame_bytes: self.max_frame_bytes,
-                max_subscriptions: self.max_subscriptions,
+                max_frame_bytes: self.max_frame_bytes as usize,
+                max_subscriptions: self.max_subscriptions as usize,
                 messages_per_second: self.messages_per_second,
-                send_queue: self.send_queue,
+                send_queue_bytes: self.send_queue_bytes as usize,
                 ping_interval: Duration::from_secs(self.ping_interval_s),
                 pong_timeout: Duration::from_secs(self.pong_timeout_s),
                 diff_window: Duration::from_millis(self.diff_window_ms),
+                max_connections: self.max_connections as usize,
+                max_connections_per_address: self.max_connections_per_address as usize,
+                header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                allowed_origins: self.allowed_origins.clone(),
                 ..ServerLimits::default()
             },
         })
@@ -150,41 +231,39 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    cli.check_demo_auth()?;
     let server = PresenceServer::start(cli.config()?).await?;
-    // Small frames must not wait for the peer's delayed ACK (Nagle).
-    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
     let address = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let backend = cli.redis.as_deref().unwrap_or("in-memory (this process only)");
     let plugin = cli.plugin.as_ref().map_or("none (query-string demo auth)".into(), |p| p.display().to_string());
     tracing::info!(%address, backend, plugin, "presenced ready");
     println!("presenced: demo page at http://{address}/  (WebSocket at ws://{address}/ws)");
-    if let Some(plugin) = server.plugin().cloned() {
-        // SIGHUP: the explicit reload (besides the file watcher).
-        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                match plugin.reload().await {
-                    Ok(generation) => tracing::info!(generation, "plugin reloaded on SIGHUP"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "plugin reload on SIGHUP rejected; the previous version keeps serving")
-                    }
+    // SIGHUP: the explicit reload (besides the file watcher); without a
+    // plugin there is nothing to reload, and the signal must not kill us.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let plugin = server.plugin().cloned();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(plugin) = &plugin else {
+                tracing::info!("SIGHUP: no plugin is configured; nothing to reload");
+                continue;
+            };
+            match plugin.reload().await {
+                Ok(generation) => tracing::info!(generation, "plugin reloaded on SIGHUP"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "plugin reload on SIGHUP rejected; the previous version keeps serving")
                 }
             }
-        });
-    }
-    let app = server.router().into_make_service_with_connect_info::<SocketAddr>();
-    let stopping = server.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+        }
+    });
+    server
+        .serve(listener, async {
             stop_signal().await;
             tracing::info!("stopping: leaving every local user, closing sockets");
-            stopping.shutdown().await;
         })
-        .await?;
+        .await;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! A ready-made [`Platform`]: a registry of local connections, each with a
-//! bounded queue of outgoing text frames and a set of subscribed topics.
+//! queue of outgoing text frames bounded in bytes ([`Outbox`]) and a set of
+//! subscribed topics.
 //!
 //! A server (ours, or an embedding application's) registers each connection
 //! with [`Hub::connect`], writes what arrives on the returned receiver to its
@@ -15,6 +16,9 @@
 //! subscriber, while [`Hub::run_diffs`] runs.
 
 mod current;
+mod outbox;
+
+pub use outbox::Outbox;
 
 use crate::engine::{ConnId, Envelope, Platform, PRESENCE_PREFIX};
 use current::Diff;
@@ -23,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// One outgoing text frame, shared by every receiver of a broadcast.
 pub type Frame = Arc<str>;
@@ -51,8 +55,11 @@ struct HubState {
 }
 
 struct Conn {
-    user_data: Value,
-    tx: mpsc::Sender<Frame>,
+    /// As JSON text, shared with whoever serves the connection: one small
+    /// copy per connection (a parsed map costs over half a kilobyte), parsed
+    /// when the engine asks for it, handed to plugins as it is.
+    user_data: Arc<str>,
+    queue: outbox::Inbox,
     topics: HashSet<String>,
     current: Option<Current>,
 }
@@ -82,7 +89,7 @@ impl HubState {
 
     /// Queue a frame; a full or closed queue cuts the connection off.
     fn deliver(&mut self, conn: ConnId, frame: &Frame) -> bool {
-        let ok = self.conns.get(&conn).is_some_and(|c| c.tx.try_send(frame.clone()).is_ok());
+        let ok = self.conns.get(&conn).is_some_and(|c| c.queue.push(frame));
         if !ok {
             self.remove(conn);
         }
@@ -118,13 +125,14 @@ impl Hub {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Register a connection; frames for it arrive on the receiver, at most
-    /// `queue` of them waiting.
-    pub fn connect(&self, user_data: Value, queue: usize) -> (ConnId, mpsc::Receiver<Frame>) {
+    /// Register a connection; frames for it arrive on the [`Outbox`], at
+    /// most `queue_bytes` of them waiting before the connection is cut off.
+    pub fn connect(&self, user_data: Value, queue_bytes: usize) -> (ConnId, Outbox) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        self.lock().conns.insert(id, Conn { user_data, tx, topics: HashSet::new(), current: None });
-        (id, rx)
+        let (queue, outbox) = outbox::channel(queue_bytes);
+        let user_data = user_data.to_string().into();
+        self.lock().conns.insert(id, Conn { user_data, queue, topics: HashSet::new(), current: None });
+        (id, outbox)
     }
 
     /// Mark a connection as a current (0.5) client: from now on it gets
@@ -218,8 +226,13 @@ impl Hub {
 
     pub fn set_user_data(&self, conn: ConnId, user_data: Value) {
         if let Some(entry) = self.lock().conns.get_mut(&conn) {
-            entry.user_data = user_data;
+            entry.user_data = user_data.to_string().into();
         }
+    }
+
+    /// A connection's user data as JSON text (shared, not copied).
+    pub fn user_data_json(&self, conn: ConnId) -> Option<Arc<str>> {
+        self.lock().conns.get(&conn).map(|c| c.user_data.clone())
     }
 
     pub fn connections(&self) -> usize {
@@ -242,7 +255,8 @@ impl Hub {
 
 impl Platform for Hub {
     fn user_data(&self, conn: ConnId) -> Option<Value> {
-        self.lock().conns.get(&conn).map(|c| c.user_data.clone())
+        let text = self.lock().conns.get(&conn).map(|c| c.user_data.clone())?;
+        Some(serde_json::from_str(&text).expect("the hub stores serialized JSON"))
     }
 
     fn subscribe(&self, conn: ConnId, topic: &str) {
@@ -317,19 +331,20 @@ mod tests {
     #[test]
     fn slow_connections_are_cut_off_not_buffered() {
         let hub = Hub::new();
-        let (slow, mut slow_rx) = hub.connect(json!({}), 2);
-        let (fast, mut fast_rx) = hub.connect(json!({}), 2);
+        // Room for two frames of `{"topic":"t","event":"e","data":1}` (+ overhead).
+        let (slow, mut slow_rx) = hub.connect(json!({}), 2 * 100);
+        let (fast, mut fast_rx) = hub.connect(json!({}), 2 * 100);
         hub.subscribe(slow, "t");
         hub.subscribe(fast, "t");
         let envelope = Envelope::new("t", "e", serde_json::value::RawValue::from_string("1".into()).unwrap());
         for _ in 0..3 {
             hub.publish("t", &envelope);
-            assert!(fast_rx.try_recv().is_ok());
+            assert!(fast_rx.try_recv().is_some());
         }
         assert!(!hub.is_open(slow));
         assert_eq!(hub.overflows(), 1);
-        assert!(slow_rx.try_recv().is_ok() && slow_rx.try_recv().is_ok());
-        assert!(slow_rx.try_recv().is_err(), "nothing beyond the queue, and the queue is closed");
+        assert!(slow_rx.try_recv().is_some() && slow_rx.try_recv().is_some());
+        assert!(slow_rx.try_recv().is_none(), "nothing beyond the queue, and the queue is closed");
         assert!(hub.is_open(fast));
     }
 
@@ -337,7 +352,7 @@ mod tests {
     #[test]
     fn topics_are_forgotten_with_their_last_subscriber() {
         let hub = Hub::new();
-        let (conn, _rx) = hub.connect(json!({}), 8);
+        let (conn, _rx) = hub.connect(json!({}), 4096);
         hub.set_current(conn, false);
         hub.subscribe(conn, "__presence:t");
         let member = serde_json::value::RawValue::from_string(r#"{"key":"a","data":{}}"#.into()).unwrap();

@@ -20,42 +20,61 @@ impl GuestState {
         self.check_len(what, &text)?;
         RawValue::from_string(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
     }
+
+    /// The parts of an envelope a guest sends, checked: topic and event
+    /// names, and the data as JSON.
+    fn envelope_parts(&self, topic: &str, event: &str, what: &str, data: String) -> Result<Box<RawValue>, String> {
+        self.check_name("topic", topic)?;
+        self.check_name("event", event)?;
+        self.json(what, data)
+    }
 }
 
 impl GuestState {
-    /// Charge one host call, then run `op` on the engine (an error string
-    /// if the engine is gone).
-    async fn with_presence<T, Fut>(&mut self, op: impl FnOnce(Arc<Presence>) -> Fut) -> HostResult<T>
+    /// Charge one host call; then, if the arguments passed their checks
+    /// (`checked`), run `op` on the engine with what the checks produced (an
+    /// error string if the engine is gone).
+    async fn with_presence<A, T, Fut>(
+        &mut self,
+        checked: Result<A, String>,
+        op: impl FnOnce(Arc<Presence>, A) -> Fut,
+    ) -> HostResult<T>
     where
         Fut: Future<Output = Result<T, String>>,
     {
         self.charge()?;
-        Ok(match self.env.presence() {
-            Ok(presence) => op(presence).await,
-            Err(e) => Err(e),
+        Ok(match (checked, self.env.presence()) {
+            (Ok(args), Ok(presence)) => op(presence, args).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
         })
     }
 }
 
 impl presence::Host for GuestState {
     async fn join(&mut self, conn: ConnId, topic: String) -> HostResult<()> {
-        self.with_presence(|p| async move {
+        self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
             deferred_is_done(p.join(conn, &topic).await, conn, &topic).map_err(|e| e.to_string())
         })
         .await
     }
 
     async fn leave(&mut self, conn: ConnId, topic: Option<String>) -> HostResult<()> {
-        self.with_presence(|p| async move { p.leave(conn, topic.as_deref()).await.map_err(|e| e.to_string()) }).await
+        self.with_presence(topic.as_deref().map_or(Ok(()), |t| self.check_name("topic", t)), |p, ()| async move {
+            p.leave(conn, topic.as_deref()).await.map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn sync(&mut self, conn: ConnId, topic: String) -> HostResult<()> {
-        self.with_presence(|p| async move { p.sync(conn, &topic).await.map_err(|e| e.to_string()) }).await
+        self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
+            p.sync(conn, &topic).await.map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn unsync(&mut self, conn: ConnId, topic: String) -> wasmtime::Result<()> {
         let _ = self
-            .with_presence(|p| async move {
+            .with_presence(self.check_name("topic", &topic), |p, ()| async move {
                 p.unsync(conn, &topic).await;
                 Ok(())
             })
@@ -64,7 +83,7 @@ impl presence::Host for GuestState {
     }
 
     async fn list(&mut self, topic: String) -> HostResult<String> {
-        self.with_presence(|p| async move {
+        self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
             let members = p.list(&topic).await.map_err(|e| e.to_string())?;
             serde_json::to_string(&members).map_err(|e| e.to_string())
         })
@@ -72,22 +91,25 @@ impl presence::Host for GuestState {
     }
 
     async fn count(&mut self, topic: String) -> HostResult<u64> {
-        self.with_presence(|p| async move { p.count(&topic).await.map_err(|e| e.to_string()) }).await
+        self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
+            p.count(&topic).await.map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn publish(&mut self, topic: String, event: String, data: String) -> HostResult<()> {
-        let data = self.json("publish data", data);
-        self.with_presence(|p| async move {
-            p.publish(&topic, &Envelope::new(topic.clone(), event, data?));
+        let data = self.envelope_parts(&topic, &event, "publish data", data);
+        self.with_presence(data, |p, data| async move {
+            p.publish(&topic, &Envelope::new(topic.clone(), event, data));
             Ok(())
         })
         .await
     }
 
     async fn send(&mut self, conn: ConnId, topic: String, event: String, data: String) -> HostResult<()> {
-        let data = self.json("send data", data);
-        self.with_presence(|p| async move {
-            p.send(conn, &Envelope::new(topic, event, data?));
+        let data = self.envelope_parts(&topic, &event, "send data", data);
+        self.with_presence(data, |p, data| async move {
+            p.send(conn, &Envelope::new(topic, event, data));
             Ok(())
         })
         .await
@@ -102,7 +124,7 @@ impl log::Host for GuestState {
             return Ok(());
         }
         self.log_lines_left -= 1;
-        let message: String = message.chars().take(4096).collect();
+        let message = super::single_line(&message, super::state::MAX_LINE);
         match level {
             log::Level::Debug => tracing::debug!(target: "plugin", "{message}"),
             log::Level::Info => tracing::info!(target: "plugin", "{message}"),

@@ -1,7 +1,10 @@
 //! The plugin key-value store: small values with TTLs and atomic increments,
-//! private to plugins. On Redis it is shared by every instance (enough for a
-//! cross-instance rate limiter); keys live under `<prefix>-kv:`, which no
-//! presence key starts with, so a guest can never reach presence state.
+//! private to plugins, within a quota of keys and bytes per plugin. On Redis
+//! it is shared by every instance (enough for a cross-instance rate limiter)
+//! and has its own connection, so plugin traffic never queues in front of a
+//! heartbeat. Its keys live under `<prefix>#kv{<prefix>}:` (see
+//! `kv_prelude.lua`): `#` never appears in a prefix, so neither this
+//! deployment's presence keys nor any other deployment's keys can overlap.
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -13,6 +16,30 @@ use std::time::{Duration, Instant};
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest value a guest may store.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// How much one plugin may keep in the store (keys and values together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub max_keys: usize,
+    /// Bytes of keys and values.
+    pub max_bytes: usize,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self { max_keys: 10_000, max_bytes: 16 << 20 }
+    }
+}
+
+impl Quota {
+    fn keys_error(&self) -> String {
+        format!("kv quota: at most {} keys; delete some or let them expire", self.max_keys)
+    }
+
+    fn bytes_error(&self) -> String {
+        format!("kv quota: at most {} bytes of keys and values; delete some or let them expire", self.max_bytes)
+    }
+}
 
 #[async_trait]
 pub trait PluginKv: Send + Sync + 'static {
@@ -34,21 +61,102 @@ pub fn check(key: &str, value: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// In-process store (the host runs without Redis).
-#[derive(Default)]
+/// Bytes a counter is accounted for (its widest value), as in the scripts.
+const COUNTER_BYTES: usize = 20;
+
+/// In-process store (the host runs without Redis). Expired entries are
+/// reclaimed at least once a second by the writes, and before any write
+/// that would otherwise be refused by the quota.
 pub struct MemoryKv {
-    entries: Mutex<HashMap<String, (String, Option<Instant>)>>,
+    quota: Quota,
+    state: Mutex<MemoryState>,
+}
+
+struct Entry {
+    value: String,
+    expiry: Option<Instant>,
+    /// Bytes accounted against the quota.
+    size: usize,
+}
+
+struct MemoryState {
+    entries: HashMap<String, Entry>,
+    bytes: usize,
+    next_reclaim: Instant,
+}
+
+impl Default for MemoryKv {
+    fn default() -> Self {
+        Self::new(Quota::default())
+    }
+}
+
+impl MemoryState {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&Entry> {
+        if self.entries.get(key).is_some_and(|e| e.expiry.is_some_and(|at| at <= now)) {
+            self.remove(key);
+        }
+        self.entries.get(key)
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.bytes -= entry.size;
+        }
+    }
+
+    fn reclaim(&mut self, now: Instant) {
+        let expired: Vec<String> =
+            self.entries.iter().filter(|(_, e)| e.expiry.is_some_and(|at| at <= now)).map(|(k, _)| k.clone()).collect();
+        for key in expired {
+            self.remove(&key);
+        }
+        self.next_reclaim = now + Duration::from_secs(1);
+    }
+
+    /// Store an entry if the quota allows it.
+    fn put(&mut self, quota: &Quota, key: &str, entry: Entry, now: Instant) -> Result<(), String> {
+        if now >= self.next_reclaim {
+            self.reclaim(now);
+        }
+        let fits = |state: &Self| {
+            let old = state.entries.get(key).map(|e| e.size);
+            if old.is_none() && state.entries.len() >= quota.max_keys {
+                return Err(quota.keys_error());
+            }
+            if state.bytes - old.unwrap_or(0) + entry.size > quota.max_bytes {
+                return Err(quota.bytes_error());
+            }
+            Ok(())
+        };
+        if fits(self).is_err() {
+            self.reclaim(now);
+            fits(self)?;
+        }
+        self.remove(key);
+        self.bytes += entry.size;
+        self.entries.insert(key.to_owned(), entry);
+        Ok(())
+    }
 }
 
 impl MemoryKv {
-    fn live(entries: &mut HashMap<String, (String, Option<Instant>)>, key: &str) -> Option<(String, Option<Instant>)> {
-        match entries.get(key) {
-            Some((_, Some(expiry))) if *expiry <= Instant::now() => {
-                entries.remove(key);
-                None
-            }
-            other => other.cloned(),
-        }
+    pub fn new(quota: Quota) -> Self {
+        let state = MemoryState { entries: HashMap::new(), bytes: 0, next_reclaim: Instant::now() };
+        Self { quota, state: Mutex::new(state) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keys held now (expired ones not yet reclaimed included).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -56,55 +164,102 @@ impl MemoryKv {
 impl PluginKv for MemoryKv {
     async fn get(&self, key: &str) -> Result<Option<String>, String> {
         check(key, None)?;
-        Ok(Self::live(&mut self.entries.lock().unwrap(), key).map(|(v, _)| v))
+        Ok(self.lock().live(key, Instant::now()).map(|e| e.value.clone()))
     }
 
     async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), String> {
         check(key, Some(value))?;
-        self.entries.lock().unwrap().insert(key.to_owned(), (value.to_owned(), ttl.map(|t| Instant::now() + t)));
-        Ok(())
+        let now = Instant::now();
+        let entry = Entry { value: value.to_owned(), expiry: ttl.map(|t| now + t), size: key.len() + value.len() };
+        self.lock().put(&self.quota, key, entry, now)
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String> {
         check(key, None)?;
-        let mut entries = self.entries.lock().unwrap();
-        let (current, expiry) = Self::live(&mut entries, key).unwrap_or(("0".into(), None));
-        let current: i64 = current.parse().map_err(|_| format!("kv value at {key:?} is not an integer"))?;
+        let now = Instant::now();
+        let mut state = self.lock();
+        let (current, expiry) = match state.live(key, now) {
+            Some(entry) => (
+                entry.value.parse::<i64>().map_err(|_| format!("kv value at {key:?} is not an integer"))?,
+                entry.expiry,
+            ),
+            None => (0, None),
+        };
         let next = current.checked_add(delta).ok_or("kv increment overflows")?;
-        let expiry = expiry.or_else(|| ttl.map(|t| Instant::now() + t));
-        entries.insert(key.to_owned(), (next.to_string(), expiry));
+        let expiry = expiry.or_else(|| ttl.map(|t| now + t));
+        let entry = Entry { value: next.to_string(), expiry, size: key.len() + COUNTER_BYTES };
+        state.put(&self.quota, key, entry, now)?;
         Ok(next)
     }
 
     async fn delete(&self, key: &str) -> Result<(), String> {
         check(key, None)?;
-        self.entries.lock().unwrap().remove(key);
+        self.lock().remove(key);
         Ok(())
     }
 }
 
-static INCREMENT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("kv_increment.lua")));
+fn kv_script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{}{body}", include_str!("kv_prelude.lua")))
+}
+
+static SET: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!("kv_set.lua")));
+static INCREMENT: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!("kv_increment.lua")));
+static DELETE: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!("kv_delete.lua")));
 
 /// Redis-backed store, shared by every instance using the same prefix.
 pub struct RedisKv {
     conn: ConnectionManager,
+    /// `<prefix>#kv{<prefix>}:`
     namespace: String,
+    quota: Quota,
     timeout: Duration,
 }
 
 impl RedisKv {
-    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration) -> Self {
-        Self { conn, namespace: format!("{prefix}-kv:"), timeout }
+    /// The store on its own connection to `url` (not the engine's).
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration, quota: Quota) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("kv: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| format!("kv: no connection to Redis within {timeout:?}"))?
+            .map_err(|e| format!("kv: {e}"))?;
+        Ok(Self::new(conn, prefix, timeout, quota))
     }
 
-    fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.namespace)
+    /// The store on an existing connection.
+    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration, quota: Quota) -> Self {
+        Self { conn, namespace: format!("{prefix}#kv{{{prefix}}}:"), quota, timeout }
+    }
+
+    fn value_key(&self, key: &str) -> String {
+        format!("{}v:{key}", self.namespace)
+    }
+
+    /// The value's key, then the quota bookkeeping's.
+    fn keys(&self, call: &mut redis::ScriptInvocation<'_>, key: &str) {
+        call.key(self.value_key(key)).key(format!("{}index", self.namespace)).key(format!("{}sizes", self.namespace));
     }
 
     async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(|e| format!("kv: {e}")),
             Err(_) => Err(format!("kv: timed out after {:?}", self.timeout)),
+        }
+    }
+
+    /// `{'ok', ...}` or a quota refusal, as the scripts reply.
+    fn quota_checked(&self, reply: Vec<redis::Value>) -> Result<Vec<redis::Value>, String> {
+        match reply.first() {
+            Some(redis::Value::BulkString(status)) if status == b"quota" => match reply.get(1) {
+                Some(redis::Value::BulkString(what)) if what == b"keys" => Err(self.quota.keys_error()),
+                _ => Err(self.quota.bytes_error()),
+            },
+            Some(_) => Ok(reply),
+            None => Err("kv: empty reply".into()),
         }
     }
 }
@@ -114,32 +269,66 @@ impl PluginKv for RedisKv {
     async fn get(&self, key: &str) -> Result<Option<String>, String> {
         check(key, None)?;
         let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("GET").arg(self.key(key)).query_async(&mut conn)).await
+        self.bounded(redis::cmd("GET").arg(self.value_key(key)).query_async(&mut conn)).await
     }
 
     async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), String> {
         check(key, Some(value))?;
         let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(key)).arg(value);
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
-        }
-        self.bounded(cmd.query_async(&mut conn)).await
+        let mut call = SET.prepare_invoke();
+        self.keys(&mut call, key);
+        call.arg(key).arg(value).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));
+        call.arg(self.quota.max_keys).arg(self.quota.max_bytes);
+        let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        self.quota_checked(reply).map(|_| ())
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String> {
         check(key, None)?;
         let mut conn = self.conn.clone();
-        let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-        let mut call = INCREMENT.key(self.key(key));
-        call.arg(delta).arg(ttl_ms);
-        self.bounded(call.invoke_async(&mut conn)).await
+        let mut call = INCREMENT.prepare_invoke();
+        self.keys(&mut call, key);
+        call.arg(key).arg(delta).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));
+        call.arg(self.quota.max_keys).arg(self.quota.max_bytes);
+        let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        match self.quota_checked(reply)?.get(1) {
+            Some(redis::Value::Int(value)) => Ok(*value),
+            other => Err(format!("kv: unexpected increment reply {other:?}")),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<(), String> {
         check(key, None)?;
         let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("DEL").arg(self.key(key)).query_async::<i64>(&mut conn)).await.map(|_| ())
+        let mut call = DELETE.prepare_invoke();
+        self.keys(&mut call, key);
+        call.arg(key);
+        let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        self.quota_checked(reply).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_keeps_its_quota_and_reclaims_expired_keys() {
+        let kv = MemoryKv::new(Quota { max_keys: 3, max_bytes: 100 });
+        for key in ["a", "b", "c"] {
+            kv.set(key, "1", Some(Duration::from_millis(20))).await.unwrap();
+        }
+        let refused = kv.set("d", "1", None).await.unwrap_err();
+        assert!(refused.contains("at most 3 keys"), "{refused}");
+        kv.set("a", "2", None).await.expect("overwriting a key adds none");
+        let refused = kv.set("b", &"x".repeat(99), None).await.unwrap_err();
+        assert!(refused.contains("at most 100 bytes"), "{refused}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // b and c expired: their room is reclaimed by the next write.
+        kv.set("d", "1", None).await.unwrap();
+        kv.increment("e", 1, None).await.unwrap();
+        assert_eq!(kv.len(), 3);
+        kv.delete("a").await.unwrap();
+        assert_eq!(kv.len(), 2);
     }
 }

@@ -1,7 +1,9 @@
 //! Every limit a guest runs under, in one place: wall-clock deadlines (epoch
-//! interruption, plus a timeout that also covers time inside host calls), a
-//! memory cap, a budget of host calls and log lines per call, and size caps
-//! on what crosses the boundary. Also the epoch ticker that drives deadlines.
+//! interruption, plus a timeout that also covers time inside host calls),
+//! memory and table caps per instance, a cap on instances alive at once (so
+//! the total memory plugins can take is bounded), a budget of host calls and
+//! log lines per call, and size caps on what crosses the boundary. Also the
+//! epoch ticker that drives deadlines.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,14 +24,22 @@ pub struct Limits {
     pub instantiate_deadline: Duration,
     /// Linear memory of one instance.
     pub memory_bytes: usize,
+    /// Elements of one table (growing past it traps, naming the limit).
+    pub table_elements: usize,
+    /// Instances alive at once, busy or idle, over every plugin version:
+    /// plugins take at most `max_instances × memory_bytes` of memory. A call
+    /// that finds none free waits for one within its deadline.
+    pub max_instances: usize,
     /// Host calls (presence, kv, log, clock) one guest call may make.
     pub host_calls_per_call: u32,
     /// Log lines one guest call may emit (stdout/stderr included); the rest
     /// are counted and dropped.
     pub log_lines_per_call: u32,
-    /// Largest string a guest may pass or return (JSON, keys, values, topics).
+    /// Largest string a guest may pass or return (JSON data, user data).
     pub max_string_bytes: usize,
-    /// Idle instances kept for reuse.
+    /// Longest topic or event name a guest may pass to `publish`/`send`.
+    pub max_name_bytes: usize,
+    /// Idle instances kept for reuse (at most `max_instances`).
     pub max_idle_instances: usize,
 }
 
@@ -40,29 +50,61 @@ impl Default for Limits {
             hook_deadline: Duration::from_secs(3),
             instantiate_deadline: Duration::from_secs(2),
             memory_bytes: 64 << 20,
+            table_elements: 100_000,
+            max_instances: 32,
             host_calls_per_call: 256,
             log_lines_per_call: 32,
             max_string_bytes: 1 << 20,
-            max_idle_instances: 64,
+            max_name_bytes: 1024,
+            max_idle_instances: 32,
         }
     }
 }
 
 impl Limits {
-    /// The memory cap for one store: growing past it traps, naming the limit.
+    /// Core instances, tables and memories one plugin instance may create
+    /// (a component is several core instances; ours need 1–2 memories).
+    pub const CORE_INSTANCES: usize = 16;
+    pub const TABLES: usize = 64;
+    pub const MEMORIES: usize = 4;
+
+    /// The caps of one store: growing past them traps, creating past them
+    /// fails the instantiation.
     pub fn store_limits(&self) -> StoreLimits {
         StoreLimitsBuilder::new()
             .memory_size(self.memory_bytes)
-            .instances(16)
-            .tables(64)
-            .memories(4)
+            .table_elements(self.table_elements)
+            .instances(Self::CORE_INSTANCES)
+            .tables(Self::TABLES)
+            .memories(Self::MEMORIES)
             .trap_on_grow_failure(true)
             .build()
     }
 
-    /// Deadline in epoch ticks (rounded up, plus the tick in progress).
-    pub fn ticks(deadline: Duration) -> u64 {
-        (deadline.as_micros().div_ceil(TICK.as_micros()) as u64) + 1
+    /// Every limit must make sense; zero deadlines or budgets are mistakes.
+    pub fn validate(&self) -> Result<(), String> {
+        let durations = [
+            ("call_deadline", self.call_deadline),
+            ("hook_deadline", self.hook_deadline),
+            ("instantiate_deadline", self.instantiate_deadline),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("plugin {name} must be longer than zero"));
+        }
+        let sizes = [
+            ("memory_bytes", self.memory_bytes),
+            ("table_elements", self.table_elements),
+            ("max_instances", self.max_instances),
+            ("max_string_bytes", self.max_string_bytes),
+            ("max_name_bytes", self.max_name_bytes),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("plugin {name} must be at least 1"));
+        }
+        if self.memory_bytes < 1 << 20 {
+            return Err(format!("plugin memory_bytes is {}; a guest needs at least 1 MiB", self.memory_bytes));
+        }
+        Ok(())
     }
 }
 

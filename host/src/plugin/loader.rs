@@ -4,9 +4,10 @@
 //! words what is wrong when it does not fit.
 
 use super::bindings::{PluginPre, CONTRACT_VERSION, GUEST_INTERFACE};
+use super::cache::Cache;
 use super::state::GuestState;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::Engine;
 
@@ -32,6 +33,10 @@ pub enum LoadError {
     World(String),
     #[error("the plugin failed its smoke call: {0}")]
     Smoke(String),
+    #[error("invalid plugin configuration: {0}")]
+    Config(String),
+    #[error("plugin cache {path}: {reason}")]
+    Cache { path: PathBuf, reason: String },
 }
 
 /// A compiled, checked plugin version.
@@ -53,32 +58,26 @@ fn check_preamble(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 /// Compile, or reuse the artifact cached for these exact bytes and this
-/// exact engine. The cache holds native code: only a directory the host owns.
-fn compile(engine: &Engine, bytes: &[u8], digest: &str, cache: Option<&Path>) -> Result<Component, LoadError> {
+/// exact engine (the cache proves it wrote the artifact before handing it out).
+fn compile(engine: &Engine, bytes: &[u8], digest: &str, cache: Option<&Cache>) -> Result<Component, LoadError> {
     let compat = {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         std::hash::Hasher::finish(&hasher)
     };
-    let cached = cache.map(|dir| dir.join(format!("{digest}-{compat:016x}.cwasm")));
-    if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-        // SAFETY: the file was written by `Component::serialize` below, into a
-        // directory only this host writes, under a name that pins both the
-        // source bytes and the engine's compatibility hash.
-        match unsafe { Component::deserialize_file(engine, path) } {
+    let name = format!("{digest}-{compat:016x}.cwasm");
+    if let Some(artifact) = cache.and_then(|c| c.load(&name)) {
+        // SAFETY: the bytes carry a valid HMAC under the host's own key, so
+        // they are what `Component::serialize` produced below, for a name
+        // that pins both the source bytes and the engine's compatibility hash.
+        match unsafe { Component::deserialize(engine, &artifact) } {
             Ok(component) => return Ok(component),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "plugin cache entry unusable; recompiling"),
+            Err(e) => tracing::warn!(name, error = %e, "plugin cache artifact unusable; compiling"),
         }
     }
     let component = Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-    if let (Some(path), Ok(artifact)) = (cached, component.serialize()) {
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::create_dir_all(path.parent().expect("cache file has a parent"))
-            .and_then(|()| std::fs::write(&tmp, artifact))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write plugin cache entry");
-        }
+    if let (Some(cache), Ok(artifact)) = (cache, component.serialize()) {
+        cache.store(&name, &artifact);
     }
     Ok(component)
 }
@@ -114,7 +113,7 @@ pub fn prepare(
     engine: &Engine,
     linker: &Linker<GuestState>,
     bytes: &[u8],
-    cache: Option<&Path>,
+    cache: Option<&Cache>,
 ) -> Result<Prepared, LoadError> {
     check_preamble(bytes)?;
     let digest = format!("{:x}", Sha256::digest(bytes));

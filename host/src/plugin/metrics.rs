@@ -68,6 +68,8 @@ pub struct PluginMetrics {
     pub rejected_reloads: AtomicU64,
     /// Log lines dropped by the rate limit.
     pub dropped_log_lines: AtomicU64,
+    /// Precompiled artifacts refused (planted, damaged, wrong owner or mode).
+    pub cache_rejected: AtomicU64,
 }
 
 impl PluginMetrics {
@@ -88,6 +90,8 @@ impl PluginMetrics {
         );
         let _ = writeln!(out, "# TYPE presence_plugin_dropped_log_lines_total counter");
         let _ = writeln!(out, "presence_plugin_dropped_log_lines_total {}", self.dropped_log_lines.load(Relaxed));
+        let _ = writeln!(out, "# TYPE presence_plugin_cache_rejected_total counter");
+        let _ = writeln!(out, "presence_plugin_cache_rejected_total {}", self.cache_rejected.load(Relaxed));
         for (name, pick) in [
             ("calls", (|m: &ExportMetrics| &m.calls) as fn(&ExportMetrics) -> &AtomicU64),
             ("errors", |m| &m.errors),

@@ -4,7 +4,8 @@
 //! - [`bindings`]: the one `bindgen!`; [`host`]: the imports the host
 //!   provides; [`state`]: a store's data (deny-by-default WASI, budgets).
 //! - [`limits`]: deadlines, memory cap, budgets, the epoch ticker.
-//! - [`loader`]: bytes → checked component (with a precompiled cache).
+//! - [`loader`]: bytes → checked component; `cache`: precompiled artifacts,
+//!   trusted only when authenticated as the host's own.
 //! - [`runtime`]: calls on pooled instances under deadlines.
 //! - [`reload`]: watch the file, swap versions atomically.
 //! - [`kv`]: the plugin key-value store; [`metrics`]: per-export counters.
@@ -14,6 +15,7 @@
 //! to the caller. A trap never takes the host down.
 
 pub mod bindings;
+mod cache;
 mod host;
 pub mod kv;
 pub mod limits;
@@ -52,11 +54,20 @@ pub struct PluginConfig {
     pub watch: bool,
     /// Plugin log lines per second, all instances together.
     pub log_lines_per_second: u64,
+    /// What the plugin may keep in its key-value store.
+    pub kv_quota: kv::Quota,
 }
 
 impl PluginConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), cache_dir: None, limits: Limits::default(), watch: false, log_lines_per_second: 200 }
+        Self {
+            path: path.into(),
+            cache_dir: None,
+            limits: Limits::default(),
+            watch: false,
+            log_lines_per_second: 200,
+            kv_quota: kv::Quota::default(),
+        }
     }
 }
 
@@ -65,6 +76,7 @@ pub(crate) struct Shared {
     linker: Linker<GuestState>,
     env: Arc<HostEnv>,
     config: PluginConfig,
+    cache: Option<cache::Cache>,
     current: ArcSwapOption<Loaded>,
     generations: AtomicU64,
     /// One reload at a time.
@@ -94,6 +106,7 @@ impl PluginHost {
     /// Load the plugin (failing with a plain-words [`LoadError`]) and, if
     /// configured, start watching its file.
     pub async fn start(config: PluginConfig, kv: Arc<dyn kv::PluginKv>) -> Result<Self, LoadError> {
+        config.limits.validate().map_err(LoadError::Config)?;
         let engine = engine()?;
         let mut linker = Linker::new(&engine);
         let link = |e: wasmtime::Error| LoadError::World(format!("cannot link host imports: {e:#}"));
@@ -106,13 +119,19 @@ impl PluginHost {
             limits: config.limits.clone(),
             metrics: Default::default(),
             log: LogLimiter::new(config.log_lines_per_second),
+            instances: Arc::new(tokio::sync::Semaphore::new(config.limits.max_instances)),
         });
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(cache::Cache::open(dir, env.metrics.clone())?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             _ticker: limits::EpochTicker::start(&engine),
             engine,
             linker,
             env,
             config,
+            cache,
             current: ArcSwapOption::empty(),
             generations: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
@@ -156,6 +175,18 @@ impl PluginHost {
         &self.shared.env.metrics
     }
 
+    /// Plugin instances alive now, busy or idle (at most `max_instances`).
+    pub fn instances_alive(&self) -> usize {
+        self.shared.config.limits.max_instances - self.shared.env.instances.available_permits()
+    }
+
+    /// Every plugin metric, in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.metrics().render(out);
+        crate::metrics::type_line(out, "presence_plugin_instances", "gauge");
+        let _ = std::fmt::Write::write_fmt(out, format_args!("presence_plugin_instances {}\n", self.instances_alive()));
+    }
+
     /// The cost of a fresh instance: instantiate the current version once.
     pub async fn instantiate_once(&self) -> Result<std::time::Duration, CallError> {
         self.shared.instantiate_once().await
@@ -171,19 +202,30 @@ impl PluginHost {
     }
 
     /// Upgrade request → user data, or a denial. Fails closed: a plugin that
-    /// traps, times out or returns something unusable denies with 503.
+    /// traps, times out or returns something unusable denies with 503. The
+    /// client is not authenticated yet, so it gets a generic reason; what
+    /// went wrong (trap text included) is logged here.
     pub async fn authenticate(&self, request: UpgradeRequest) -> Result<Value, Denial> {
-        let unavailable = |reason: String| Denial { status: 503, reason };
+        let unavailable = |what: String| {
+            tracing::warn!(error = %what, "plugin authenticate failed; upgrade refused");
+            Denial { status: 503, reason: "authentication unavailable".into() }
+        };
         match self.shared.call(Call::Authenticate(request)).await {
             Ok(Reply::Authenticate(Ok(json))) => {
                 if json.len() > self.shared.config.limits.max_string_bytes {
-                    return Err(unavailable("authenticate returned oversized user data".into()));
+                    return Err(unavailable(format!("authenticate returned {} bytes of user data", json.len())));
                 }
                 serde_json::from_str(&json).map_err(|e| unavailable(format!("authenticate returned invalid JSON: {e}")))
             }
-            Ok(Reply::Authenticate(Err(denial))) => Err(denial),
+            Ok(Reply::Authenticate(Err(denial))) if !(400..=599).contains(&denial.status) => {
+                Err(unavailable(format!("authenticate denied with status {}, which is not 4xx/5xx", denial.status)))
+            }
+            Ok(Reply::Authenticate(Err(mut denial))) => {
+                denial.reason = single_line(&denial.reason, 256);
+                Err(denial)
+            }
             Ok(_) => Err(unavailable("unexpected reply".into())),
-            Err(e) => Err(unavailable(format!("authentication unavailable: {e}"))),
+            Err(e) => Err(unavailable(e.to_string())),
         }
     }
 
@@ -192,7 +234,7 @@ impl PluginHost {
     pub async fn authorize(
         &self,
         conn: ConnId,
-        user_data: &Value,
+        user_data: &(impl UserDataJson + ?Sized),
         topic: &str,
         action: Action,
     ) -> Result<(), AuthorizeError> {
@@ -204,15 +246,25 @@ impl PluginHost {
         }
     }
 
-    pub async fn on_subscribe(&self, conn: ConnId, user_data: &Value, topic: &str) -> Result<(), String> {
+    pub async fn on_subscribe(
+        &self,
+        conn: ConnId,
+        user_data: &(impl UserDataJson + ?Sized),
+        topic: &str,
+    ) -> Result<(), String> {
         self.unit(Call::OnSubscribe(connection(conn, user_data), topic.to_owned())).await
     }
 
-    pub async fn on_unsubscribe(&self, conn: ConnId, user_data: &Value, topic: &str) -> Result<(), String> {
+    pub async fn on_unsubscribe(
+        &self,
+        conn: ConnId,
+        user_data: &(impl UserDataJson + ?Sized),
+        topic: &str,
+    ) -> Result<(), String> {
         self.unit(Call::OnUnsubscribe(connection(conn, user_data), topic.to_owned())).await
     }
 
-    pub async fn on_close(&self, conn: ConnId, user_data: &Value) -> Result<(), String> {
+    pub async fn on_close(&self, conn: ConnId, user_data: &(impl UserDataJson + ?Sized)) -> Result<(), String> {
         self.unit(Call::OnClose(connection(conn, user_data))).await
     }
 
@@ -237,8 +289,42 @@ pub enum AuthorizeError {
     Failed(String),
 }
 
-fn connection(id: ConnId, user_data: &Value) -> Connection {
-    Connection { id, user_data: user_data.to_string() }
+/// Text a guest produced, made safe for one log line or one close reason:
+/// control characters (newlines included) escaped, cut to `max` bytes.
+pub(crate) fn single_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let piece: String = if c.is_control() { c.escape_default().collect() } else { c.to_string() };
+        if out.len() + piece.len() > max {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// A connection's user data as a plugin call receives it: JSON text. A
+/// [`Value`] is serialized; text the host already holds (the hub keeps
+/// user data serialized) is passed as it is.
+pub trait UserDataJson {
+    fn json(&self) -> String;
+}
+
+impl UserDataJson for Value {
+    fn json(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl UserDataJson for str {
+    fn json(&self) -> String {
+        self.to_owned()
+    }
+}
+
+fn connection(id: ConnId, user_data: &(impl UserDataJson + ?Sized)) -> Connection {
+    Connection { id, user_data: user_data.json() }
 }
 
 impl Shared {
@@ -294,7 +380,7 @@ impl Shared {
         }
         let this = self.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            loader::prepare(&this.engine, &this.linker, &bytes, this.config.cache_dir.as_deref())
+            loader::prepare(&this.engine, &this.linker, &bytes, this.cache.as_ref())
         })
         .await
         .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
@@ -308,5 +394,22 @@ impl Shared {
         self.generations.store(generation, Ordering::Relaxed);
         self.current.store(Some(candidate));
         Ok(generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_line;
+
+    #[test]
+    fn guest_text_becomes_one_bounded_line() {
+        assert_eq!(single_line("fine", 100), "fine");
+        assert_eq!(
+            single_line("forged\n2026-01-01 ERROR admin logged in\r", 100),
+            "forged\\n2026-01-01 ERROR admin logged in\\r"
+        );
+        assert_eq!(single_line("bell\u{7}", 100), "bell\\u{7}");
+        let cut = single_line(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 + '…'.len_utf8() && cut.ends_with('…'), "{cut}");
     }
 }

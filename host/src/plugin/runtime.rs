@@ -1,6 +1,7 @@
 //! Calling into a loaded plugin: instances are reused from a pool (a call
 //! costs microseconds, not an instantiation); each call runs under its
-//! deadline — epoch interruption while guest code runs, a timeout around the
+//! deadline — epoch interruption while guest code runs (yielding to the
+//! runtime every tick, trapping past the deadline), a timeout around the
 //! whole call (host calls included) — and an instance that trapped or timed
 //! out is thrown away, never re-entered.
 
@@ -11,7 +12,7 @@ use super::state::{GuestState, HostEnv};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// One call into the guest, with its arguments.
 pub enum Call {
@@ -52,6 +53,8 @@ pub enum CallError {
     Timeout { export: &'static str, deadline: std::time::Duration },
     #[error("plugin `{export}` trapped: {message}")]
     Trap { export: &'static str, message: String },
+    #[error("plugin `{export}` refused: all {limit} instances stayed busy past its {deadline:?} deadline")]
+    Busy { export: &'static str, limit: usize, deadline: std::time::Duration },
 }
 
 /// One version of the plugin, with its idle instances.
@@ -65,6 +68,8 @@ pub struct Loaded {
 struct Instance {
     store: Store<GuestState>,
     plugin: Plugin,
+    /// This instance's place among the [`Limits::max_instances`].
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Loaded {
@@ -76,12 +81,50 @@ impl Loaded {
         self.pre.clone()
     }
 
-    async fn instantiate(&self, engine: &Engine, env: &Arc<HostEnv>) -> wasmtime::Result<Instance> {
+    async fn instantiate(
+        &self,
+        engine: &Engine,
+        env: &Arc<HostEnv>,
+        place: tokio::sync::OwnedSemaphorePermit,
+    ) -> wasmtime::Result<Instance> {
         let mut store = Store::new(engine, GuestState::new(env.clone()));
         store.limiter(|state| &mut state.store_limits);
-        store.set_epoch_deadline(Limits::ticks(env.limits.instantiate_deadline));
+        // Every epoch tick, guest code yields to the runtime (a spinning guest
+        // never holds a worker thread) or, past its deadline, traps.
+        store.epoch_deadline_callback(|store| {
+            Ok(match store.data().deadline_at {
+                Some(at) if Instant::now() >= at => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(1),
+            })
+        });
+        store.data_mut().deadline_at = Some(Instant::now() + env.limits.instantiate_deadline);
+        store.set_epoch_deadline(1);
         let plugin = self.pre.instantiate_async(&mut store).await?;
-        Ok(Instance { store, plugin })
+        Ok(Instance { store, plugin, _place: place })
+    }
+
+    /// A new instance. It gets its own budget, outside the call's deadline:
+    /// large guests (a Python interpreter) take longer to set up than to
+    /// answer a call.
+    async fn fresh(
+        &self,
+        engine: &Engine,
+        env: &Arc<HostEnv>,
+        export: Export,
+        place: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Instance, CallError> {
+        let metrics = env.metrics.export(export);
+        match tokio::time::timeout(env.limits.instantiate_deadline, self.instantiate(engine, env, place)).await {
+            Ok(Ok(instance)) => Ok(instance),
+            Ok(Err(error)) => {
+                metrics.traps.fetch_add(1, Relaxed);
+                Err(CallError::Trap { export: export.name(), message: describe(&error, &env.limits) })
+            }
+            Err(_) => {
+                metrics.timeouts.fetch_add(1, Relaxed);
+                Err(CallError::Timeout { export: export.name(), deadline: env.limits.instantiate_deadline })
+            }
+        }
     }
 
     /// Run one call on a pooled (or new) instance, under the export's deadline.
@@ -92,27 +135,22 @@ impl Loaded {
         let pooled = self.idle.lock().unwrap().pop();
         let mut instance = match pooled {
             Some(instance) => instance,
-            // A fresh instance gets its own budget: large guests (a Python
-            // interpreter) take longer to set up than to answer a call.
-            None => match tokio::time::timeout(env.limits.instantiate_deadline, self.instantiate(engine, env)).await {
-                Ok(Ok(instance)) => instance,
-                Ok(Err(error)) => {
-                    metrics.traps.fetch_add(1, Relaxed);
-                    return Err(CallError::Trap { export: export.name(), message: describe(&error) });
-                }
-                Err(_) => {
+            None => {
+                // Wait (within the call's deadline) for a place among the
+                // instances allowed to exist.
+                let places = env.instances.clone();
+                let Ok(Ok(place)) = tokio::time::timeout(deadline, places.acquire_owned()).await else {
                     metrics.timeouts.fetch_add(1, Relaxed);
-                    return Err(CallError::Timeout {
-                        export: export.name(),
-                        deadline: env.limits.instantiate_deadline,
-                    });
-                }
-            },
+                    return Err(CallError::Busy { export: export.name(), limit: env.limits.max_instances, deadline });
+                };
+                self.fresh(engine, env, export, place).await?
+            }
         };
         let started = Instant::now();
         let run = async {
             instance.store.data_mut().reset_budget();
-            instance.store.set_epoch_deadline(Limits::ticks(deadline));
+            instance.store.data_mut().deadline_at = Some(Instant::now() + deadline);
+            instance.store.set_epoch_deadline(1);
             let reply = invoke(&mut instance, call).await?;
             Ok::<_, wasmtime::Error>((instance, reply))
         };
@@ -135,7 +173,7 @@ impl Loaded {
             }
             Ok(Err(error)) => {
                 metrics.traps.fetch_add(1, Relaxed);
-                Err(CallError::Trap { export: export.name(), message: describe(&error) })
+                Err(CallError::Trap { export: export.name(), message: describe(&error, &env.limits) })
             }
             Err(_) => {
                 metrics.timeouts.fetch_add(1, Relaxed);
@@ -146,11 +184,24 @@ impl Loaded {
 }
 
 /// A trap's message, with the limit that caused it when there is one.
-fn describe(error: &wasmtime::Error) -> String {
+fn describe(error: &wasmtime::Error, limits: &Limits) -> String {
     let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
     let text = chain.join(": ");
+    if text.contains("growing table") || text.contains("table growth") {
+        return format!("table limit reached: at most {} elements per table ({text})", limits.table_elements);
+    }
+    if let Some(what) =
+        ["memory", "table", "instance"].into_iter().find(|w| text.contains(&format!("{w} count too high")))
+    {
+        let limit = match what {
+            "memory" => Limits::MEMORIES,
+            "table" => Limits::TABLES,
+            _ => Limits::CORE_INSTANCES,
+        };
+        return format!("{what} limit reached: at most {limit} {what}s per plugin instance ({text})");
+    }
     if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
-        return format!("memory limit reached ({text})");
+        return format!("memory limit reached: at most {} bytes per instance ({text})", limits.memory_bytes);
     }
     if matches!(error.downcast_ref::<Trap>(), Some(Trap::MemoryOutOfBounds) | Some(Trap::StackOverflow)) {
         return format!("{text} (runaway recursion overflows the guest's stack)");

@@ -25,6 +25,8 @@ pub struct HostEnv {
     pub limits: Limits,
     pub metrics: Arc<PluginMetrics>,
     pub log: LogLimiter,
+    /// Places for instances alive at once ([`Limits::max_instances`]).
+    pub instances: Arc<tokio::sync::Semaphore>,
 }
 
 impl HostEnv {
@@ -33,8 +35,8 @@ impl HostEnv {
     }
 }
 
-/// A process-wide budget of plugin log lines per second (a token bucket),
-/// shared by `log.log` and guest stdout/stderr.
+/// A process-wide budget of plugin log lines per second (a fixed one-second
+/// window), shared by `log.log` and guest stdout/stderr.
 pub struct LogLimiter {
     per_second: u64,
     window: std::sync::Mutex<(Instant, u64)>,
@@ -74,6 +76,8 @@ pub struct GuestState {
     pub env: Arc<HostEnv>,
     pub host_calls_left: u32,
     pub log_lines_left: u32,
+    /// When the call (or instantiation) in progress must stop.
+    pub deadline_at: Option<Instant>,
 }
 
 impl GuestState {
@@ -87,6 +91,7 @@ impl GuestState {
             store_limits: env.limits.store_limits(),
             host_calls_left: env.limits.host_calls_per_call,
             log_lines_left: env.limits.log_lines_per_call,
+            deadline_at: None,
             env,
         }
     }
@@ -106,6 +111,16 @@ impl GuestState {
             );
         }
         self.host_calls_left -= 1;
+        Ok(())
+    }
+
+    /// A topic or event name the guest handed over, checked against the
+    /// name limit.
+    pub fn check_name(&self, what: &str, name: &str) -> Result<(), String> {
+        let limit = self.env.limits.max_name_bytes;
+        if name.is_empty() || name.len() > limit {
+            return Err(format!("{what} must be 1..={limit} bytes, got {}", name.len()));
+        }
         Ok(())
     }
 
@@ -150,11 +165,12 @@ struct LineWriter {
     line: Vec<u8>,
 }
 
-const MAX_LINE: usize = 4096;
+/// Longest plugin log line, in bytes; longer ones are cut.
+pub const MAX_LINE: usize = 4096;
 
 impl LineWriter {
     fn emit(&mut self) {
-        let line = String::from_utf8_lossy(&self.line).into_owned();
+        let line = super::single_line(&String::from_utf8_lossy(&self.line), MAX_LINE);
         self.line.clear();
         if let Some(env) = self.output.env.upgrade() {
             if env.log.admit() {

@@ -16,6 +16,26 @@ pub struct ServerMetrics {
     /// Frames of a type this server does not know (ignored).
     pub frames_unknown: AtomicU64,
     pub keepalive_timeouts: AtomicU64,
+    /// Writes that did not finish within the send timeout (client not reading).
+    pub send_timeouts: AtomicU64,
+    /// Connections refused before the upgrade, by reason.
+    pub refused_origin: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub refused_address: AtomicU64,
+    pub refused_busy: AtomicU64,
+}
+
+impl ServerMetrics {
+    /// Count a connection refused before the upgrade.
+    pub fn refused(&self, reason: &str) {
+        let counter = match reason {
+            "origin" => &self.refused_origin,
+            "full" => &self.refused_full,
+            "address" => &self.refused_address,
+            _ => &self.refused_busy,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
 }
 
 pub fn render(shared: &Shared) -> String {
@@ -33,6 +53,7 @@ pub fn render(shared: &Shared) -> String {
     line("presence_frames_unknown_total", "counter", m.frames_unknown.load(Relaxed).to_string());
     line("presence_frames_sent_total", "counter", shared.hub.frames_sent().to_string());
     line("presence_keepalive_timeouts_total", "counter", m.keepalive_timeouts.load(Relaxed).to_string());
+    line("presence_send_timeouts_total", "counter", m.send_timeouts.load(Relaxed).to_string());
     line("presence_slow_client_disconnects_total", "counter", shared.hub.overflows().to_string());
     line("presence_topics", "gauge", shared.presence.local_topics().to_string());
     line("presence_engine_connections", "gauge", shared.presence.connections().to_string());
@@ -45,9 +66,18 @@ pub fn render(shared: &Shared) -> String {
     for (event, counter) in [("join", &stats.joins), ("leave", &stats.leaves), ("updated", &stats.updates)] {
         let _ = writeln!(out, "presence_events_total{{event=\"{event}\"}} {}", counter.load(Relaxed));
     }
+    type_line(&mut out, "presence_connections_refused_total", "counter");
+    for (reason, counter) in [
+        ("origin", &m.refused_origin),
+        ("full", &m.refused_full),
+        ("address", &m.refused_address),
+        ("busy", &m.refused_busy),
+    ] {
+        let _ = writeln!(out, "presence_connections_refused_total{{reason=\"{reason}\"}} {}", counter.load(Relaxed));
+    }
     shared.backend_metrics.render(&mut out);
     if let Some(plugin) = &shared.plugin {
-        plugin.metrics().render(&mut out);
+        plugin.render_metrics(&mut out);
     }
     out
 }

@@ -7,8 +7,13 @@
 //!   generations, keepalive, rate and subscription limits, close codes.
 //! - [`session`]: signed cookies of the auth preflight.
 //! - `http`: `/`, `/healthz`, `/readyz`, `/metrics`, `POST /__ws/auth`.
+//! - [`admission`]: the `Origin` check and the connection limits.
+//! - `listener`: [`PresenceServer::serve`], the TCP side (header-read
+//!   timeout, a bound on connections not yet upgraded).
 
+pub mod admission;
 mod http;
+mod listener;
 mod metrics;
 pub mod protocol;
 pub mod session;
@@ -38,18 +43,63 @@ pub struct ServerLimits {
     /// Client frames per second (burst of the same size); extra frames get
     /// an error envelope and are dropped.
     pub messages_per_second: u32,
-    /// Outgoing frames queued per connection; a client that lets it fill up
-    /// is disconnected.
-    pub send_queue: usize,
+    /// Bytes of outgoing frames queued per connection; a client that lets
+    /// it fill up is disconnected (1013).
+    pub send_queue_bytes: usize,
     /// How often the server pings each client.
     pub ping_interval: Duration,
-    /// How long after a ping a silent client is considered dead and closed.
+    /// How long after a ping a silent client is considered dead and closed;
+    /// also the bound on every socket write (a client that stops reading
+    /// is closed within `ping_interval + pong_timeout`).
     pub pong_timeout: Duration,
+    /// Open WebSocket connections in total (and, separately, HTTP
+    /// connections not yet upgraded); more are refused with 503.
+    pub max_connections: usize,
+    /// Open WebSocket connections from one client address.
+    pub max_connections_per_address: usize,
+    /// How long a client may take to send its request headers ([`PresenceServer::serve`]).
+    pub header_read_timeout: Duration,
+    /// Browser origins allowed to open a socket.
+    pub allowed_origins: admission::AllowedOrigins,
     /// How long presence changes are collected into one `presence_diff` for
     /// current clients (0: sent as soon as the flusher runs).
     pub diff_window: Duration,
     /// How long a session cookie from the auth preflight is valid.
     pub session_ttl: Duration,
+}
+
+impl ServerLimits {
+    /// Every limit must make sense: zero intervals and empty budgets are
+    /// mistakes, named here instead of found in production.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_subscriptions", self.max_subscriptions),
+            ("messages_per_second", self.messages_per_second as usize),
+            ("send_queue_bytes", self.send_queue_bytes),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_address", self.max_connections_per_address),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        let durations = [
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("session_ttl", self.session_ttl),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
+            return Err(format!("{name} must be longer than zero"));
+        }
+        if self.send_queue_bytes < self.max_frame_bytes {
+            return Err(format!(
+                "send_queue_bytes ({}) must hold at least one frame of max_frame_bytes ({})",
+                self.send_queue_bytes, self.max_frame_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerLimits {
@@ -58,9 +108,13 @@ impl Default for ServerLimits {
             max_frame_bytes: 16 * 1024,
             max_subscriptions: 100,
             messages_per_second: 50,
-            send_queue: 1024,
+            send_queue_bytes: 1 << 20,
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_address: 256,
+            header_read_timeout: Duration::from_secs(5),
+            allowed_origins: admission::AllowedOrigins::default(),
             diff_window: Duration::from_millis(5),
             session_ttl: Duration::from_secs(3600),
         }
@@ -91,9 +145,13 @@ pub(crate) struct Shared {
     pub redis: Option<redis::aio::ConnectionManager>,
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
+    pub admission: admission::Admission,
     pub sessions: session::Sessions,
     /// The hub's diff flusher, stopped on shutdown.
     diffs: tokio::task::AbortHandle,
+    /// Ticks every ping interval: each connection checks its keepalive.
+    pub keepalive: tokio::sync::watch::Sender<()>,
+    keepalive_ticker: tokio::task::AbortHandle,
 }
 
 /// The engine, the plugin and the connection plumbing, ready to serve.
@@ -105,16 +163,20 @@ pub struct PresenceServer {
 impl PresenceServer {
     /// Connect the backend, load the plugin, start the engine.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        config.limits.validate().map_err(|e| anyhow::anyhow!("server limits: {e}"))?;
+        let quota = config.plugin.as_ref().map(|p| p.kv_quota).unwrap_or_default();
         let (backend, kv, redis): (Arc<dyn Backend>, Arc<dyn PluginKv>, _) = match &config.redis {
             Some(options) => {
                 let backend = RedisBackend::connect(options.clone())
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", options.url))?;
                 let conn = backend.connection();
-                let kv = RedisKv::new(conn.clone(), backend.prefix(), backend.timeout());
+                let kv = RedisKv::connect(&options.url, backend.prefix(), backend.timeout(), quota)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot use Redis at {} for the plugin kv: {e}", options.url))?;
                 (Arc::new(backend), Arc::new(kv), Some(conn))
             }
-            None => (Arc::new(MemoryStore::new().backend()), Arc::new(MemoryKv::default()), None),
+            None => (Arc::new(MemoryStore::new().backend()), Arc::new(MemoryKv::new(quota)), None),
         };
         let plugin = match config.plugin {
             Some(plugin) => {
@@ -140,6 +202,20 @@ impl PresenceServer {
         if let Some(plugin) = &plugin {
             plugin.attach(&presence);
         }
+        let admission =
+            admission::Admission::new(config.limits.max_connections, config.limits.max_connections_per_address);
+        let keepalive = tokio::sync::watch::Sender::new(());
+        let keepalive_ticker = tokio::spawn({
+            let (ticks, every) = (keepalive.clone(), config.limits.ping_interval);
+            async move {
+                let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    interval.tick().await;
+                    ticks.send_replace(());
+                }
+            }
+        })
+        .abort_handle();
         Ok(Self {
             shared: Arc::new(Shared {
                 presence,
@@ -151,8 +227,11 @@ impl PresenceServer {
                 redis,
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
+                admission,
                 sessions,
                 diffs,
+                keepalive,
+                keepalive_ticker,
             }),
         })
     }
@@ -204,6 +283,7 @@ impl PresenceServer {
             tracing::warn!("some connections did not close within 5 s");
         }
         shared.diffs.abort();
+        shared.keepalive_ticker.abort();
         shared.presence.destroy();
     }
 }

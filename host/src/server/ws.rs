@@ -11,15 +11,17 @@
 //! 4401/4403 stop a current client for good (an upgrade the plugin refuses),
 //! 4429 makes it back off (flooding), everything else is retried.
 
+use super::admission::{Refused, Ticket};
 use super::protocol::{self, ClientMessage, DenialReason, Refusal, MAX_BATCH_TOPICS};
 use super::Shared;
-use crate::engine::PRESENCE_PREFIX;
+use crate::engine::{limit_word, PRESENCE_PREFIX};
+use crate::hub::{Frame, Outbox};
 use crate::plugin::{Action, AuthorizeError, Denial, Pair, UpgradeRequest};
 use crate::ConnId;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::{SinkExt, StreamExt};
@@ -49,20 +51,36 @@ pub(super) async fn upgrade(
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let peer = peer.map(|p| p.0 .0);
+    if let Err(refused) = shared.limits.allowed_origins.check(&headers) {
+        shared.metrics.refused("origin");
+        tracing::warn!(peer = ?peer, %refused, "cross-origin upgrade refused");
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    }
+    let ticket = match shared.admission.admit(peer.map(|p| p.ip())) {
+        Ok(ticket) => ticket,
+        Err(refused) => {
+            shared.metrics.refused(if matches!(refused, Refused::Full(_)) { "full" } else { "address" });
+            tracing::info!(peer = ?peer, %refused, "upgrade refused");
+            return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{refused}\n"))
+                .into_response();
+        }
+    };
     let identity = match shared.sessions.verify(&headers) {
         Some(user_data) => Ok(user_data),
-        None => authenticate(&shared, &uri, &headers, peer.map(|p| p.0 .0)).await,
+        None => authenticate(&shared, &uri, &headers, peer).await,
     };
     // Frames up to 4× the limit are read and refused with a close (1009)
     // that names the limit; beyond that the WebSocket layer drops the socket.
     let hard_limit = shared.limits.max_frame_bytes.saturating_mul(4);
-    // Small buffers: an idle connection should cost kilobytes, not the
-    // 128 KiB tungstenite reserves by default.
-    let ws = ws.max_frame_size(hard_limit).max_message_size(hard_limit).read_buffer_size(4096).write_buffer_size(4096);
+    // Small buffers: an idle connection should cost a few kilobytes, not the
+    // 128 KiB tungstenite reserves by default. Reads grow the buffer to the
+    // frame in hand; writes are batched up to 4 KiB before reaching the socket.
+    let ws = ws.max_frame_size(hard_limit).max_message_size(hard_limit).read_buffer_size(256).write_buffer_size(4096);
     match identity {
         Ok(user_data) => {
             let tracker = shared.connections.clone();
-            ws.on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data)))
+            ws.on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data, ticket)))
         }
         // A browser never sees an HTTP status on an upgrade (a 401 reaches it
         // as 1006, retried forever): accept, then close with a code it acts on.
@@ -75,8 +93,10 @@ pub(super) async fn upgrade(
                 500..=599 => INTERNAL,
                 _ => FORBIDDEN,
             };
+            let within = shared.limits.pong_timeout;
             ws.on_upgrade(move |mut socket| async move {
-                let _ = socket.send(close(code, &denial.reason)).await;
+                let _ = tokio::time::timeout(within, socket.send(close(code, &denial.reason))).await;
+                drop(ticket);
             })
         }
     }
@@ -175,7 +195,8 @@ enum Generation {
 struct Session {
     shared: Arc<Shared>,
     conn: ConnId,
-    user_data: Value,
+    /// JSON text, shared with the hub.
+    user_data: Arc<str>,
     generation: Generation,
     subscriptions: HashSet<String>,
     rate: RateLimit,
@@ -183,15 +204,63 @@ struct Session {
     flooding: u32,
 }
 
-async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
-    let (conn, mut outbox) = shared.hub.connect(user_data.clone(), shared.limits.send_queue);
+/// Writes to one socket, each bounded by the send timeout: a client that
+/// stops reading cannot park the connection's task.
+struct Writer {
+    sink: futures::stream::SplitSink<WebSocket, Message>,
+    within: std::time::Duration,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Send one message; false if the socket failed or the client did not
+    /// take it in time.
+    async fn send(&mut self, message: Message) -> bool {
+        self.bounded(|sink| Box::pin(sink.send(message))).await
+    }
+
+    /// Write a queued frame and everything queued behind it, then flush once.
+    async fn send_queued(&mut self, first: Frame, outbox: &mut Outbox) -> bool {
+        self.bounded(|sink| {
+            Box::pin(async move {
+                sink.feed(Message::Text(first.as_ref().into())).await?;
+                while let Some(next) = outbox.try_recv() {
+                    sink.feed(Message::Text(next.as_ref().into())).await?;
+                }
+                sink.flush().await
+            })
+        })
+        .await
+    }
+
+    async fn bounded<'a>(
+        &'a mut self,
+        write: impl FnOnce(
+            &'a mut futures::stream::SplitSink<WebSocket, Message>,
+        ) -> futures::future::BoxFuture<'a, Result<(), axum::Error>>,
+    ) -> bool {
+        // Boxed: the timer is only needed while a write is in progress.
+        match Box::pin(tokio::time::timeout(self.within, write(&mut self.sink))).await {
+            Ok(result) => result.is_ok(),
+            Err(_) => {
+                self.shared.metrics.send_timeouts.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket: Ticket) {
+    let (conn, mut outbox) = shared.hub.connect(user_data, shared.limits.send_queue_bytes);
+    let user_data = shared.hub.user_data_json(conn).expect("just connected");
     shared.metrics.connections_open.fetch_add(1, Relaxed);
     shared.metrics.connections_total.fetch_add(1, Relaxed);
     shared.hub.send_text(conn, protocol::welcome(&format!("{:032x}", rand::random::<u128>())));
-    let (mut sink, mut stream) = socket.split();
-    let limits = shared.limits.clone();
-    let mut keepalive =
-        tokio::time::interval_at(tokio::time::Instant::now() + limits.ping_interval, limits.ping_interval);
+    let (sink, mut stream) = socket.split();
+    let limits = &shared.limits;
+    let mut writer = Writer { sink, within: limits.pong_timeout, shared: shared.clone() };
+    // One server-wide ticker instead of a timer per connection.
+    let mut keepalive = shared.keepalive.subscribe();
     let mut last_heard = Instant::now();
     let mut sent_since_tick = false;
     let mut session = Session {
@@ -206,24 +275,19 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => {
-                let _ = sink.send(close(GOING_AWAY, "server shutting down")).await;
+                writer.send(close(GOING_AWAY, "server shutting down")).await;
                 break;
             }
             frame = outbox.recv() => match frame {
-                Some(text) => {
+                Some(frame) => {
                     sent_since_tick = true;
-                    // Everything already queued goes out with one flush.
-                    let mut written = sink.feed(Message::Text(text.as_ref().into())).await;
-                    while let (Ok(()), Ok(next)) = (&written, outbox.try_recv()) {
-                        written = sink.feed(Message::Text(next.as_ref().into())).await;
-                    }
-                    if written.is_err() || sink.flush().await.is_err() {
+                    if !writer.send_queued(frame, &mut outbox).await {
                         break;
                     }
                 }
                 None => {
                     // The hub cut us off: the client did not read fast enough.
-                    let _ = sink.send(close(TRY_AGAIN_LATER, "too slow: send queue full")).await;
+                    writer.send(close(TRY_AGAIN_LATER, "too slow: send queue full")).await;
                     break;
                 }
             },
@@ -232,13 +296,15 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
                 match message {
                     Some(Ok(Message::Text(text))) if text.len() > limits.max_frame_bytes => {
                         shared.metrics.frames_refused.fetch_add(1, Relaxed);
-                        let _ = sink.send(close(TOO_BIG, "frame over the size limit")).await;
+                        writer.send(close(TOO_BIG, "frame over the size limit")).await;
                         break;
                     }
                     Some(Ok(Message::Text(text))) => {
                         shared.metrics.frames_in.fetch_add(1, Relaxed);
-                        if let Some((code, reason)) = session.handle(text.as_str()).await {
-                            let _ = sink.send(close(code, reason)).await;
+                        // Boxed: an idle connection should not carry the
+                        // space of a plugin call in its task.
+                        if let Some((code, reason)) = Box::pin(session.handle(text.as_str())).await {
+                            writer.send(close(code, reason)).await;
                             break;
                         }
                     }
@@ -251,31 +317,33 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value) {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 }
             }
-            _ = keepalive.tick() => {
+            _ = keepalive.changed() => {
                 if last_heard.elapsed() > limits.ping_interval + limits.pong_timeout {
                     shared.metrics.keepalive_timeouts.fetch_add(1, Relaxed);
-                    let _ = sink.send(close(GOING_AWAY, "keepalive timeout")).await;
+                    writer.send(close(GOING_AWAY, "keepalive timeout")).await;
                     break;
                 }
                 // Browser code cannot see pings: a quiet connection also gets
                 // an application frame, so clients never think it dead.
-                if !sent_since_tick && sink.send(Message::Text(protocol::KEEPALIVE.into())).await.is_err() {
+                if !sent_since_tick && !writer.send(Message::Text(protocol::KEEPALIVE.into())).await {
                     break;
                 }
                 sent_since_tick = false;
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if !writer.send(Message::Ping(Default::default())).await {
                     break;
                 }
             }
         }
     }
+    // The close hook and the leave are boxed, like `handle`: their futures
+    // are large, and every idle connection's task would otherwise hold them.
     if let Some(plugin) = &shared.plugin {
-        if let Err(e) = plugin.on_close(conn, &session.user_data).await {
+        if let Err(e) = Box::pin(plugin.on_close(conn, &*session.user_data)).await {
             tracing::warn!(conn, error = %e, "plugin on-close failed");
         }
     }
     // Whatever the hook did, a closed connection never lingers in presence.
-    if let Err(e) = shared.presence.leave(conn, None).await {
+    if let Err(e) = Box::pin(shared.presence.leave(conn, None)).await {
         tracing::warn!(conn, error = %e, "leave on close failed; the heartbeat will finish it");
     }
     shared.hub.disconnect(conn);
@@ -406,7 +474,7 @@ impl Session {
         }
         let (subject, action) = policy_subject(topic, Action::Subscribe);
         if let Some(plugin) = &shared.plugin {
-            plugin.authorize(self.conn, &self.user_data, subject, action).await.map_err(|e| match e {
+            plugin.authorize(self.conn, &*self.user_data, subject, action).await.map_err(|e| match e {
                 AuthorizeError::Denied(reason) => refuse(DenialReason::from_policy(&reason), "denied", reason),
                 AuthorizeError::Failed(error) => {
                     tracing::warn!(conn = self.conn, topic, %error, "authorize failed; denied");
@@ -419,7 +487,7 @@ impl Session {
             crate::Platform::subscribe(&*shared.hub, self.conn, topic);
         }
         let hooked = match &shared.plugin {
-            Some(plugin) => plugin.on_subscribe(self.conn, &self.user_data, topic).await,
+            Some(plugin) => plugin.on_subscribe(self.conn, &*self.user_data, topic).await,
             None => shared.presence.hooks().subscribe(self.conn, topic).await.map_err(|e| e.to_string()),
         };
         hooked.map_err(|message| {
@@ -428,8 +496,14 @@ impl Session {
             if !topic.starts_with(PRESENCE_PREFIX) {
                 crate::Platform::unsubscribe(&*shared.hub, self.conn, topic);
             }
-            tracing::warn!(conn = self.conn, topic, error = %message, "subscribe hook failed");
-            refuse(DenialReason::InternalError, "failed", message)
+            // A cap (topic full, too many topics…) is the client's to act on.
+            match limit_word(&message) {
+                Some(word) => refuse(DenialReason::Policy(word.into()), "limit", message),
+                None => {
+                    tracing::warn!(conn = self.conn, topic, error = %message, "subscribe hook failed");
+                    refuse(DenialReason::InternalError, "failed", message)
+                }
+            }
         })
     }
 
@@ -441,7 +515,7 @@ impl Session {
         }
         let (subject, action) = policy_subject(topic, Action::Unsubscribe);
         if let Some(plugin) = &shared.plugin {
-            if let Err(e) = plugin.authorize(self.conn, &self.user_data, subject, action).await {
+            if let Err(e) = plugin.authorize(self.conn, &*self.user_data, subject, action).await {
                 self.refuse_legacy(&Refusal::new(DenialReason::Forbidden, "denied", Some(topic), e.to_string()));
                 return;
             }
@@ -451,7 +525,7 @@ impl Session {
             crate::Platform::unsubscribe(&*shared.hub, self.conn, topic);
         }
         let result = match &shared.plugin {
-            Some(plugin) => plugin.on_unsubscribe(self.conn, &self.user_data, topic).await,
+            Some(plugin) => plugin.on_unsubscribe(self.conn, &*self.user_data, topic).await,
             None => shared.presence.hooks().unsubscribe(self.conn, topic).await.map_err(|e| e.to_string()),
         };
         if let Err(message) = result {

@@ -1,9 +1,12 @@
 //! A hostile plugin for sandbox tests. Its `select` misbehaves as the user
-//! data's `attack` field says; without one it answers like a normal plugin.
+//! data's `attack` field says (`loop`, `memory`, `recursion`, `panic`,
+//! `log-spam`, `host-spam`, `huge`, `huge-imports`, `not-json`, `passwd`,
+//! `socket`, `env`); without one it answers like a normal plugin.
 //! Its subscribe hook joins, then never returns on `hang-*` topics (the host
 //! must cut it off without cutting the join in half). Its `authorize` refuses
 //! `word-*` topics with a machine word, `prose-*` with a sentence, and traps
-//! on `trap-*`; its `authenticate` refuses `?deny=<status>` with that status.
+//! on `trap-*`; its `authenticate` refuses `?deny=<status>` with that status
+//! (any number, valid or not) and traps on `?trap=1`.
 
 use presence_guest::{kv, log, presence, Action, Connection, Denial, Json, Plugin, UpgradeRequest};
 use serde_json::{json, Value};
@@ -49,6 +52,21 @@ impl Plugin for Hostile {
                 Ok("{}".into())
             }
             "huge" => Ok(format!("\"{}\"", "x".repeat(2 << 20))),
+            // Every import handed strings far over its limits: each refuses
+            // with an error naming the limit (the log line is cut).
+            "huge-imports" => {
+                let big = "x".repeat(2 << 20);
+                log::log(log::Level::Info, &big);
+                let refusals = json!({
+                    "kv_key": kv::set(&big, "v", None).err(),
+                    "kv_value": kv::set("k", &big, None).err(),
+                    "publish_topic": presence::publish(&big, "e", "{}").err(),
+                    "publish_event": presence::publish("t", &big, "{}").err(),
+                    "send_data": presence::send(1, "t", "e", &format!("\"{big}\"")).err(),
+                    "join_topic": presence::join(1, &big).err(),
+                });
+                Ok(refusals.to_string())
+            }
             "not-json" => Ok("this is not json".into()),
             "passwd" => Ok(match std::fs::read_to_string("/etc/passwd") {
                 Ok(contents) => json!({ "read": contents }),
@@ -66,6 +84,9 @@ impl Plugin for Hostile {
     }
 
     fn authenticate(request: UpgradeRequest) -> Result<Json, Denial> {
+        if request.query.contains("trap=1") {
+            panic!("authenticate traps on purpose: secret internals");
+        }
         let denied = request.query.split('&').find_map(|pair| pair.strip_prefix("deny="));
         match denied.and_then(|status| status.parse().ok()) {
             Some(status) => Err(Denial { status, reason: format!("denied with {status} on purpose") }),

@@ -1,0 +1,361 @@
+//! Hostile clients against a real server on a loopback port: slow readers
+//! under churn, list amplification, slowloris upgrades, cross-origin
+//! upgrades and a connection flood. Each test asserts that the server keeps
+//! answering, that the bad connections are closed (and their users leave),
+//! and that this process's memory grows less than a stated bound — measured
+//! from `/proc/self/status`, so the tests take turns.
+
+use presence::server::admission::AllowedOrigins;
+use presence::server::{ServerConfig, ServerLimits};
+use presence_tests::ws::{http_get, Served};
+use presence_tests::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// RSS is per process: one test at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+}
+
+/// Tracks the largest RSS seen since it started.
+struct RssWatch {
+    start: u64,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssWatch {
+    fn start() -> Self {
+        let start = rss_kib();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(start));
+        let seen = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                seen.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Self { start, peak, task }
+    }
+
+    /// Assert the peak growth stayed under `bound_mib`; returns it in KiB.
+    fn assert_grew_less_than(self, bound_mib: u64, what: &str) -> u64 {
+        self.task.abort();
+        let grown = self.peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(self.start);
+        println!("{what}: RSS grew by {} KiB at its peak (bound {bound_mib} MiB)", grown);
+        assert!(grown < bound_mib * 1024, "{what}: RSS grew by {grown} KiB, over the {bound_mib} MiB bound");
+        grown
+    }
+}
+
+/// A metric's value from `/metrics` (the first line starting with `line`).
+async fn metric(addr: SocketAddr, line: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {line}"))
+}
+
+/// Poll `check` until it holds or the deadline passes.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A WebSocket upgrade by hand, on a socket with a small receive buffer (so
+/// a client that never reads fills up quickly). Returns the socket and the
+/// response status; the socket is left unread after the headers.
+async fn raw_upgrade(addr: SocketAddr, path: &str, origin: Option<&str>) -> (TcpStream, u16) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut byte)).await.expect("response headers in time") {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (stream, status)
+}
+
+/// A masked client text frame.
+fn client_frame(text: &str) -> Vec<u8> {
+    let payload = text.as_bytes();
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Whether the server has closed this socket: read (and drop) what is
+/// buffered until end of stream or an error.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut sink = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn limits() -> ServerLimits {
+    ServerLimits {
+        ping_interval: Duration::from_millis(300),
+        pong_timeout: Duration::from_millis(300),
+        max_connections_per_address: 1000,
+        ..ServerLimits::default()
+    }
+}
+
+/// 50 sockets join a busy topic and stop reading, while other users come
+/// and go with 2 KB of data each. Every slow socket is closed (by the send
+/// timeout, the byte-bounded queue or keepalive) and its user leaves; the
+/// server keeps serving the churn; memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_under_churn_are_cut_off_and_leave() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let limits = ServerLimits { send_queue_bytes: 256 << 10, ..limits() };
+    let served = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    let rss = RssWatch::start();
+    let subscribe_room = client_frame(&json!({"topic": "room", "type": "subscribe"}).to_string());
+    let mut slow = Vec::new();
+    for i in 0..50 {
+        let (mut stream, status) = raw_upgrade(served.addr, &format!("/ws?id=slow-{i}"), None).await;
+        assert_eq!(status, 101);
+        stream.write_all(&subscribe_room).await.unwrap();
+        slow.push(stream);
+    }
+    let presence = served.server.presence().clone();
+    eventually("the slow readers joined", async || presence.count("room").await.unwrap() == 50).await;
+
+    // Churn: users with 2 KB of data join and leave, 20 at a time.
+    let bio = "b".repeat(2048);
+    let churn = {
+        let url = served.url("/ws");
+        tokio::spawn(async move {
+            let mut rounds = 0u32;
+            loop {
+                let clients = futures::future::join_all((0..20).map(|i| {
+                    let url = format!("{url}?id=churn-{i}&bio={bio}");
+                    async move { presence_tests::ws::WsClient::connect(&url).await.unwrap() }
+                }))
+                .await;
+                let mut joined = Vec::new();
+                for mut client in clients {
+                    client.subscribe("room").await;
+                    joined.push(client);
+                }
+                for client in joined {
+                    client.close().await;
+                }
+                rounds += 1;
+                if rounds == 1_000 {
+                    return;
+                }
+            }
+        })
+    };
+    // Every slow reader is closed and leaves; the churn keeps being served.
+    eventually("every slow reader left", async || {
+        let members = presence.list("room").await.unwrap();
+        !members.iter().any(|m| m.key.starts_with("slow-"))
+    })
+    .await;
+    for stream in &mut slow {
+        assert!(closed_by_server(stream).await, "a slow reader's socket is still open");
+    }
+    let (status, _) = served.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(!churn.is_finished(), "the churn is still being served");
+    churn.abort();
+    let cut = metric(served.addr, "presence_send_timeouts_total").await
+        + metric(served.addr, "presence_slow_client_disconnects_total").await
+        + metric(served.addr, "presence_keepalive_timeouts_total").await;
+    assert!(cut >= 50.0, "{cut} connections cut off");
+    rss.assert_grew_less_than(64, "slow readers under churn");
+}
+
+/// A client that never reads and keeps re-subscribing to the presence of a
+/// room of 200 members with 4 KB each (800 KB a list) is cut off once its
+/// queue holds its byte bound; the server does not buffer list after list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_amplification_is_cut_off() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let served =
+        Served::start(ServerConfig { options: fast_options(), limits: limits(), ..ServerConfig::default() }).await;
+    let (hub, presence) = (served.server.hub().clone(), served.server.presence().clone());
+    let bio = "m".repeat(4096);
+    let mut members = Vec::new();
+    for i in 0..200 {
+        let (conn, mut outbox) = hub.connect(json!({"id": format!("member-{i}"), "bio": bio}), 64 << 20);
+        presence.join(conn, "room").await.unwrap();
+        while outbox.try_recv().is_some() {}
+        members.push(outbox);
+    }
+    // The members read what they are sent, as healthy clients do.
+    let readers = tokio::spawn(async move {
+        loop {
+            for outbox in &mut members {
+                while outbox.try_recv().is_some() {}
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let rss = RssWatch::start();
+    let (mut stream, status) = raw_upgrade(served.addr, "/ws?id=amplifier", None).await;
+    assert_eq!(status, 101);
+    let subscribe = client_frame(&json!({"type": "subscribe", "topic": "__presence:room"}).to_string());
+    let unsubscribe = client_frame(&json!({"type": "unsubscribe", "topic": "__presence:room"}).to_string());
+    // Each pair asks for the 800 KB list again; 40 pairs would be 32 MB.
+    let started = Instant::now();
+    for _ in 0..40 {
+        if stream.write_all(&subscribe).await.is_err() || stream.write_all(&unsubscribe).await.is_err() {
+            break; // already cut off
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(closed_by_server(&mut stream).await, "the amplifier is still connected");
+    println!("amplifier cut off after {:?}", started.elapsed());
+    let cut = metric(served.addr, "presence_slow_client_disconnects_total").await
+        + metric(served.addr, "presence_send_timeouts_total").await;
+    assert!(cut >= 1.0, "cut off by the queue bound or the send timeout");
+    let (status, _) = served.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(presence.count("room").await.unwrap(), 200);
+    readers.abort();
+    rss.assert_grew_less_than(48, "list amplification");
+}
+
+/// Connections that dribble their request headers are dropped after the
+/// header-read timeout; they never reach the upgrade, and the server keeps
+/// answering everyone else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_upgrades_are_dropped() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let limits = ServerLimits { header_read_timeout: Duration::from_millis(300), ..limits() };
+    let served = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    let rss = RssWatch::start();
+    let mut dribblers = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(served.addr).await.unwrap();
+        stream.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        dribblers.push(stream);
+    }
+    // One more header line every 100 ms: never a complete request.
+    let started = Instant::now();
+    let mut open = dribblers.len();
+    while open > 0 && started.elapsed() < DEADLINE {
+        let (status, _) = served.get("/healthz").await;
+        assert_eq!(status, 200, "the server answers while it is being dribbled at");
+        open = 0;
+        for stream in &mut dribblers {
+            if stream.write_all(b"X-Slow: 1\r\n").await.is_ok() {
+                open += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for stream in &mut dribblers {
+        assert!(closed_by_server(stream).await, "a slowloris connection is still open");
+    }
+    println!("100 slowloris connections dropped within {:?}", started.elapsed());
+    assert_eq!(metric(served.addr, "presence_connections").await, 0.0);
+    rss.assert_grew_less_than(16, "slowloris upgrades");
+}
+
+/// A page on another site cannot open a socket in a visitor's browser;
+/// the server's own host, loopback pages and non-browser clients can. An
+/// explicit list replaces the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_upgrades_are_refused() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let served =
+        Served::start(ServerConfig { options: fast_options(), limits: limits(), ..ServerConfig::default() }).await;
+    let own = format!("http://{}", served.addr);
+    for (origin, expected) in [
+        (Some("https://evil.example"), 403),
+        (Some("http://localhost:5173"), 101),
+        (Some(own.as_str()), 101),
+        (None, 101),
+    ] {
+        let (_, status) = raw_upgrade(served.addr, "/ws?id=o", origin).await;
+        assert_eq!(status, expected, "origin {origin:?}");
+    }
+    assert_eq!(metric(served.addr, "presence_connections_refused_total{reason=\"origin\"}").await, 1.0);
+
+    let allowed = AllowedOrigins::parse("https://app.example").unwrap();
+    let limits = ServerLimits { allowed_origins: allowed, ..limits() };
+    let strict = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    for (origin, expected) in [(Some("https://app.example"), 101), (Some("http://localhost:5173"), 403), (None, 101)] {
+        let (_, status) = raw_upgrade(strict.addr, "/ws?id=o", origin).await;
+        assert_eq!(status, expected, "origin {origin:?} against an explicit list");
+    }
+}
+
+/// A flood of connections meets clear refusals: 503 beyond the limit per
+/// address (before any upgrade; the total limit works the same way, see
+/// `server::admission`), and a plain 503 for TCP connections beyond the
+/// bound on those not yet upgraded. Places come back as connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_refused_clearly() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let limits = ServerLimits { max_connections: 20, max_connections_per_address: 10, ..limits() };
+    let served = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    let rss = RssWatch::start();
+    let mut open = Vec::new();
+    for i in 0..10 {
+        open.push(served.connect(&format!("id=f{i}")).await);
+    }
+    let (_, status) = raw_upgrade(served.addr, "/ws?id=f10", None).await;
+    assert_eq!(status, 503, "the 11th connection from one address");
+    assert_eq!(metric(served.addr, "presence_connections_refused_total{reason=\"address\"}").await, 1.0);
+    // Places come back when connections close.
+    open.pop().unwrap().close().await;
+    eventually("a place is free again", async || raw_upgrade(served.addr, "/ws?id=again", None).await.1 == 101).await;
+
+    // TCP connections that never send a request hold the places of
+    // connections not yet upgraded; beyond them, a plain 503.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(served.addr).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(served.addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, extra.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.ends_with("server busy\n"), "{answer}");
+    drop(idle);
+    eventually("the server answers again", async || http_get(served.addr, "/healthz").await.0 == 200).await;
+    assert!(metric(served.addr, "presence_connections_refused_total{reason=\"busy\"}").await >= 1.0);
+    rss.assert_grew_less_than(16, "connection flood");
+}
