@@ -323,10 +323,11 @@ async fn cross_origin_upgrades_are_refused() {
     }
 }
 
-/// A flood of connections meets clear refusals: 503 beyond the limit per
-/// address (before any upgrade; the total limit works the same way, see
-/// `server::admission`), and a plain 503 for TCP connections beyond the
-/// bound on those not yet upgraded. Places come back as connections close.
+/// A flood of connections meets clear refusals: beyond the limit per
+/// address (the total limit works the same way, see `server::admission`)
+/// 503 before the upgrade, or for a browser the upgrade and a 4429 close;
+/// a plain 503 for TCP connections beyond the bound on those not yet
+/// upgraded. Places come back as connections close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_is_refused_clearly() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -339,7 +340,13 @@ async fn a_connection_flood_is_refused_clearly() {
     }
     let (_, status) = raw_upgrade(served.addr, "/ws?id=f10", None).await;
     assert_eq!(status, 503, "the 11th connection from one address");
-    assert_eq!(metric(served.addr, "presence_connections_refused_total{reason=\"address\"}").await, 1.0);
+    // A browser cannot see a 503 on an upgrade: it gets the upgrade and 4429.
+    let (mut browser, status) = raw_upgrade(served.addr, "/ws?id=f11", Some("http://localhost:5173")).await;
+    assert_eq!(status, 101);
+    let mut close = [0u8; 4];
+    tokio::time::timeout(DEADLINE, browser.read_exact(&mut close)).await.unwrap().unwrap();
+    assert_eq!((close[0], u16::from_be_bytes([close[2], close[3]])), (0x88, 4429), "a close frame with 4429");
+    assert_eq!(metric(served.addr, "presence_connections_refused_total{reason=\"address\"}").await, 2.0);
     // Places come back when connections close.
     open.pop().unwrap().close().await;
     eventually("a place is free again", async || raw_upgrade(served.addr, "/ws?id=again", None).await.1 == 101).await;

@@ -59,12 +59,7 @@ pub(super) async fn upgrade(
     }
     let ticket = match shared.admission.admit(peer.map(|p| p.ip())) {
         Ok(ticket) => ticket,
-        Err(refused) => {
-            shared.metrics.refused(if matches!(refused, Refused::Full(_)) { "full" } else { "address" });
-            tracing::info!(peer = ?peer, %refused, "upgrade refused");
-            return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{refused}\n"))
-                .into_response();
-        }
+        Err(refused) => return refuse_over_limit(&shared, &headers, ws, refused, peer),
     };
     let identity = match shared.sessions.verify(&headers) {
         Some(user_data) => Ok(user_data),
@@ -100,6 +95,28 @@ pub(super) async fn upgrade(
             })
         }
     }
+}
+
+/// A connection over a limit. A browser never sees an HTTP status on an
+/// upgrade (a 503 reaches it as 1006, retried at once), so a browser (it
+/// sends `Origin`) gets the upgrade and a 4429 close, which makes a current
+/// client back off; other clients get 503 with `Retry-After`.
+fn refuse_over_limit(
+    shared: &Shared,
+    headers: &HeaderMap,
+    ws: WebSocketUpgrade,
+    refused: Refused,
+    peer: Option<SocketAddr>,
+) -> Response {
+    shared.metrics.refused(if matches!(refused, Refused::Full(_)) { "full" } else { "address" });
+    tracing::info!(peer = ?peer, %refused, "upgrade refused");
+    if headers.contains_key(header::ORIGIN) {
+        let (within, reason) = (shared.limits.pong_timeout, refused.to_string());
+        return ws.on_upgrade(move |mut socket| async move {
+            let _ = tokio::time::timeout(within, socket.send(close(RATE_LIMITED, &reason))).await;
+        });
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{refused}\n")).into_response()
 }
 
 /// Who is this request? The plugin's `authenticate`, or without a plugin
