@@ -3,13 +3,16 @@
 //!
 //! Run with: `cargo build --release -p presence --bin presenced -p presence-tests --bin bench`
 //! then `target/release/bench [engine|plugin|server]` (default: all three).
+//! `bench engine --users N --topics T --concurrency C` measures one size.
 //!
 //! engine:
 //! - joins/s and leaves/s through the engine, many connections in flight;
 //! - the same Redis running `redis-benchmark` on the join script (EVALSHA)
 //!   in the same run, and our ratio to it;
 //! - round trips and Redis commands per join and per leave (`INFO commandstats`);
-//! - one heartbeat tick for 10,000 users across 1,000 topics.
+//! - one heartbeat tick for 10,000 users across 1,000 topics;
+//! - joins/s into rooms of 20, 200, 2,000 and 10,000 members, each row with
+//!   the EVALSHA ceiling measured right after it.
 //!
 //! plugin: p50/p99 per export with instance reuse, a fresh instance, reload
 //! cold and from the cache, and a join's cost with and without a plugin.
@@ -36,23 +39,53 @@ struct Args {
     topics: usize,
 }
 
+impl Args {
+    /// `--users N --topics T --concurrency C`; `None` when none is given.
+    fn parse(flags: &[String]) -> Option<Self> {
+        let mut args = Args { users: 20_000, concurrency: 256, topics: 1000 };
+        if flags.is_empty() {
+            return None;
+        }
+        for pair in flags.chunks(2) {
+            let value = pair.get(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| usage());
+            match pair[0].as_str() {
+                "--users" => args.users = value,
+                "--topics" => args.topics = value,
+                "--concurrency" => args.concurrency = value,
+                _ => usage(),
+            }
+        }
+        Some(args)
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench [engine [--users N --topics T --concurrency C]|plugin|server|all]");
+    std::process::exit(2);
+}
+
 #[tokio::main]
 async fn main() {
-    let part = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let part = argv.first().cloned().unwrap_or_else(|| "all".into());
     let args = Args { users: 20_000, concurrency: 256, topics: 1000 };
     match part.as_str() {
-        "engine" => engine(&args).await,
+        "engine" => match Args::parse(&argv[1..]) {
+            Some(one_size) => engine(&one_size).await,
+            None => {
+                engine(&args).await;
+                room_sizes(&args).await;
+            }
+        },
         "plugin" => plugin_bench::run().await,
         "server" => server_bench::run().await,
         "all" => {
             engine(&args).await;
+            room_sizes(&args).await;
             plugin_bench::run().await;
             server_bench::run().await;
         }
-        _ => {
-            eprintln!("usage: bench [engine|plugin|server|all]");
-            std::process::exit(2);
-        }
+        _ => usage(),
     }
 }
 
@@ -214,4 +247,46 @@ async fn engine(args: &Args) {
     );
     println!("| heartbeat tick, 10,000 users in 1,000 topics (median of 5) | {:.1} ms |", ticks[2].as_secs_f64() * 1e3);
     println!("| script calls per tick | {} |", tick_evalsha / 5);
+}
+
+/// Joins/s into rooms of each size (`args.users` joins spread over
+/// `users / size` topics, each already observed), with the EVALSHA ceiling
+/// measured right after each row on the same Redis.
+async fn room_sizes(args: &Args) {
+    println!("\n### Engine: joins/s by room size ({} users, {} in flight)\n", args.users, args.concurrency);
+    println!("| members per topic | joins/s | EVALSHA ceiling | ÷ ceiling |");
+    println!("|---|---|---|---|");
+    let server = RedisServer::start();
+    for size in [20, 200, 2_000, 10_000] {
+        let options = Options {
+            heartbeat: Duration::from_secs(3600),
+            ttl: Duration::from_secs(7200),
+            max_members_per_topic: 0,
+            ..Options::default()
+        };
+        let (presence, hub) = start_engine(&server.url(), options).await;
+        let topics = (args.users / size).max(1);
+        let topic_of = |i: usize| format!("room-{size}-{}", i % topics);
+        let observers: Vec<_> = (0..topics).map(|_| hub.connect(json!({"id": "observer"}), 256 << 20)).collect();
+        for (t, (observer, _)) in observers.iter().enumerate() {
+            presence.sync(*observer, &topic_of(t)).await.unwrap();
+        }
+        // Joiners do not read: each list is built and offered, then dropped
+        // (holding 20,000 lists of up to 10,000 members would measure memory).
+        let ids: Vec<_> = (0..args.users)
+            .map(|i| hub.connect(json!({"id": format!("user-{size}-{i}"), "name": "bench"}), 1 << 20).0)
+            .collect();
+        let started = Instant::now();
+        futures::stream::iter(ids.iter().enumerate())
+            .for_each_concurrent(args.concurrency, |(i, id)| {
+                let (presence, topic) = (&presence, topic_of(i));
+                async move { presence.join(*id, &topic).await.expect("join") }
+            })
+            .await;
+        let rate = args.users as f64 / started.elapsed().as_secs_f64();
+        presence.destroy();
+        drop(observers);
+        let ceiling = redis_benchmark_join(server.port(), 100_000);
+        println!("| {size} | {rate:.0} | {ceiling:.0} | {:.2} |", rate / ceiling);
+    }
 }

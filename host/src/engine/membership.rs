@@ -14,7 +14,7 @@
 //! Only a refusal (invalid input, a `select` error, a protocol error) undoes it.
 
 use super::topic::{Needed, Remote, Slot, SlotConn, Topic, TopicState};
-use super::{lock, presence_topic, ConnId, Envelope, Error, Inner};
+use super::{lock, presence_topic, ConnId, Error, Inner};
 use crate::backend::{BackendError, ChangeKind, HoldChange, HoldOutcome, HoldTerms, JoinOutcome, LeaveOutcome};
 use std::sync::Arc;
 
@@ -160,7 +160,7 @@ impl Inner {
 
     /// Send the topic's `list` (its members now) to one connection.
     fn send_list(&self, conn: ConnId, name: &str, state: &TopicState) {
-        self.platform.send(conn, &Envelope::list(name, state.replica.list_json()));
+        state.replica.with_list(|list| self.platform.send_list(conn, name, list));
     }
 
     /// The slot's connections that have not had the list yet get it now, and
@@ -169,12 +169,13 @@ impl Inner {
         if state.detached || slot.conns.iter().all(|c| c.listed) {
             return;
         }
-        let list = Envelope::list(name, state.replica.list_json());
-        for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
-            pending.listed = true;
-            self.platform.subscribe(pending.conn, &presence_topic(name));
-            self.platform.send(pending.conn, &list);
-        }
+        state.replica.with_list(|list| {
+            for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
+                pending.listed = true;
+                self.platform.subscribe(pending.conn, &presence_topic(name));
+                self.platform.send_list(pending.conn, name, list);
+            }
+        });
     }
 
     pub(super) async fn join(&self, conn: ConnId, name: &str) -> Result<(), Error> {

@@ -20,6 +20,13 @@ pub trait Platform: Send + Sync + 'static {
     fn unsubscribe(&self, conn: ConnId, topic: &str);
     /// Send one envelope to one connection.
     fn send(&self, conn: ConnId, envelope: &Envelope);
+    /// Send `topic`'s `list` (a JSON array of `{"key","data"}` the engine
+    /// built, valid by construction) to one connection. The default wraps it
+    /// in an [`Envelope`]; a platform can skip that step's JSON validation,
+    /// which costs as much as the copy for a room of thousands.
+    fn send_list(&self, conn: ConnId, topic: &str, members_json: &str) {
+        self.send(conn, &Envelope::list(topic, members_json.to_owned()));
+    }
     /// Send one envelope to every local connection subscribed to `topic`.
     fn publish(&self, topic: &str, envelope: &Envelope);
     /// False once the connection is gone; the heartbeat leaves such connections.

@@ -11,9 +11,15 @@
 //! one with other data shows `updated`, a `leave` of a user not shown shows
 //! nothing. So each client's stream stays consistent: `join` only for users it
 //! does not list, `leave` only for users it does.
+//!
+//! The `list` every joiner receives is kept serialized: a join appends its
+//! member to it, any other change drops it, and the next `list` rebuilds it
+//! once. A burst of joins into a big room then costs each joiner a copy of
+//! the bytes it receives, not a walk over every member.
 
 use super::envelope::member_json;
 use crate::backend::{ChangeKind, Snapshot};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,8 @@ pub(crate) struct Replica {
     high: u64,
     /// Members present (entries that are not tombstones).
     present: usize,
+    /// The members as a JSON array, while it is known to be current.
+    list: RefCell<Option<String>>,
 }
 
 struct Entry {
@@ -57,6 +65,17 @@ impl Replica {
         self.high = self.high.max(seq);
         let new = (kind != ChangeKind::Leave).then(|| data.to_owned());
         let old = self.entries.insert(key.to_owned(), Entry::new(seq, key, new)).and_then(|e| e.data);
+        let shown = self.shown(kind, old, data);
+        match &shown {
+            Some((ChangeKind::Join, _)) => self.append_to_list(key),
+            Some(_) => *self.list.get_mut() = None,
+            None => {}
+        }
+        shown
+    }
+
+    /// What clients see of a change, given the data they were shown before.
+    fn shown(&mut self, kind: ChangeKind, old: Option<String>, data: &str) -> Option<(ChangeKind, String)> {
         match (kind, old) {
             (ChangeKind::Leave, Some(old)) => {
                 self.present -= 1;
@@ -70,6 +89,19 @@ impl Replica {
             (_, Some(old)) if old == data => None,
             (_, Some(_)) => Some((ChangeKind::Updated, data.to_owned())),
         }
+    }
+
+    /// A member joined: add it to the serialized list, if there is one.
+    fn append_to_list(&mut self, key: &str) {
+        let (Some(list), Some(entry)) = (self.list.get_mut().as_mut(), self.entries.get(key)) else {
+            return;
+        };
+        list.pop(); // the closing `]`
+        if list.len() > 1 {
+            list.push(',');
+        }
+        list.push_str(&entry.member);
+        list.push(']');
     }
 
     /// The newest sequence number this replica reflects.
@@ -117,6 +149,7 @@ impl Replica {
         self.floor = self.floor.max(floor);
         self.high = self.high.max(floor);
         self.present = self.entries.values().filter(|e| e.data.is_some()).count();
+        *self.list.get_mut() = None;
         shown
     }
 
@@ -125,17 +158,21 @@ impl Replica {
         self.entries.iter().filter_map(|(k, e)| e.data.as_deref().map(|d| (k.as_str(), d)))
     }
 
-    /// The members as a JSON array, for a `list` envelope.
-    pub fn list_json(&self) -> String {
-        let mut json = String::from("[");
-        for entry in self.entries.values().filter(|e| e.data.is_some()) {
-            if json.len() > 1 {
-                json.push(',');
+    /// The members as a JSON array, for a `list`, without copying it: built
+    /// once per change other than a join (a join appends to it).
+    pub fn with_list<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let mut list = self.list.borrow_mut();
+        f(list.get_or_insert_with(|| {
+            let mut json = String::from("[");
+            for entry in self.entries.values().filter(|e| e.data.is_some()) {
+                if json.len() > 1 {
+                    json.push(',');
+                }
+                json.push_str(&entry.member);
             }
-            json.push_str(&entry.member);
-        }
-        json.push(']');
-        json
+            json.push(']');
+            json
+        }))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -182,6 +219,33 @@ mod tests {
         assert_eq!(r.apply(10, Join, "a", "2"), Some((Updated, "2".into())));
         assert_eq!(r.apply(11, Leave, "ghost", "null"), None);
         assert_eq!((r.len(), r.high()), (1, 11));
+    }
+
+    /// The serialized list follows every change: joins are appended to it,
+    /// anything else rebuilds it.
+    #[test]
+    fn the_kept_list_matches_the_members() {
+        let members = |r: &Replica| {
+            let list: Vec<serde_json::Value> = r.with_list(|list| serde_json::from_str(list).unwrap());
+            let mut keys: Vec<String> = list.iter().map(|m| m["key"].as_str().unwrap().to_owned()).collect();
+            keys.sort();
+            keys
+        };
+        let mut r = Replica::default();
+        assert_eq!(r.with_list(str::to_owned), "[]");
+        r.apply(1, Join, "a", "1");
+        r.apply(2, Join, "b", "2");
+        assert_eq!(members(&r), ["a", "b"]);
+        r.apply(3, Join, "c", "3"); // appended to the kept list
+        assert_eq!(members(&r), ["a", "b", "c"]);
+        r.apply(4, Leave, "b", "null");
+        assert_eq!(members(&r), ["a", "c"]);
+        r.apply(5, Updated, "a", "9");
+        assert!(r.with_list(|list| list.contains(r#"{"key":"a","data":9}"#)));
+        r.install(&snapshot(10, &[("z", "0")]));
+        assert_eq!(members(&r), ["z"]);
+        r.apply(11, Join, "y", "1");
+        assert_eq!(members(&r), ["y", "z"]);
     }
 
     /// A snapshot neither loses nor doubles events that raced with it.

@@ -89,8 +89,8 @@ pub(super) fn event_frame(topic: &str, event: &str, data: &str, seq: u64) -> Str
 }
 
 /// A `list` (`[{"key","data"},…]`) as a `presence_state` (`{key: data}`).
-pub(super) fn state_frame(presence_topic: &str, list: &RawValue, seq: u64) -> String {
-    let members: Vec<Member> = serde_json::from_str(list.get()).unwrap_or_default();
+pub(super) fn state_frame(presence_topic: &str, list: &str, seq: u64) -> String {
+    let members: Vec<Member> = serde_json::from_str(list).unwrap_or_default();
     let mut data = String::from("{");
     for (i, member) in members.iter().enumerate() {
         if i > 0 {
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn list_becomes_state() {
         let list = raw(json!([{"key": "a", "data": {"n": 1}}, {"key": "b\"", "data": null}]));
-        let frame: Value = serde_json::from_str(&state_frame("__presence:t", &list, 3)).unwrap();
+        let frame: Value = serde_json::from_str(&state_frame("__presence:t", list.get(), 3)).unwrap();
         assert_eq!(frame["event"], "presence_state");
         assert_eq!(frame["data"], json!({"a": {"n": 1}, "b\"": null}));
     }

@@ -20,7 +20,7 @@ mod outbox;
 
 pub use outbox::Outbox;
 
-use crate::engine::{ConnId, Envelope, Platform, PRESENCE_PREFIX};
+use crate::engine::{presence_topic, ConnId, Envelope, Platform, PRESENCE_PREFIX};
 use current::Diff;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -253,6 +253,18 @@ impl Hub {
     }
 }
 
+/// `{"topic":…,"event":"list","data":[…]}`, as `Envelope::to_json` writes it.
+fn legacy_list_frame(presence_topic: &str, members_json: &str) -> String {
+    let topic = serde_json::to_string(presence_topic).expect("strings serialise");
+    let mut frame = String::with_capacity(members_json.len() + topic.len() + 32);
+    frame.push_str(r#"{"topic":"#);
+    frame.push_str(&topic);
+    frame.push_str(r#","event":"list","data":"#);
+    frame.push_str(members_json);
+    frame.push('}');
+    frame
+}
+
 impl Platform for Hub {
     fn user_data(&self, conn: ConnId) -> Option<Value> {
         let text = self.lock().conns.get(&conn).map(|c| c.user_data.clone())?;
@@ -280,12 +292,25 @@ impl Platform for Hub {
         }
     }
 
+    /// A `list` built by the engine: one copy into the connection's frame.
+    fn send_list(&self, conn: ConnId, topic: &str, members_json: &str) {
+        let presence = presence_topic(topic);
+        let mut state = self.lock();
+        let frame: Frame = if state.is_current(conn) {
+            let seq = state.seqs.get(&presence).copied().unwrap_or(0);
+            current::state_frame(&presence, members_json, seq).into()
+        } else {
+            legacy_list_frame(&presence, members_json).into()
+        };
+        self.count_delivery(&mut state, conn, &frame);
+    }
+
     /// A `list` reaches a current connection as a `presence_state`.
     fn send(&self, conn: ConnId, envelope: &Envelope) {
         let mut state = self.lock();
         let frame: Frame = if envelope.event == "list" && state.is_current(conn) {
             let seq = state.seqs.get(&envelope.topic).copied().unwrap_or(0);
-            current::state_frame(&envelope.topic, &envelope.data, seq).into()
+            current::state_frame(&envelope.topic, envelope.data.get(), seq).into()
         } else {
             envelope.to_json().into()
         };
@@ -346,6 +371,14 @@ mod tests {
         assert!(slow_rx.try_recv().is_some() && slow_rx.try_recv().is_some());
         assert!(slow_rx.try_recv().is_none(), "nothing beyond the queue, and the queue is closed");
         assert!(hub.is_open(fast));
+    }
+
+    /// The list fast path writes exactly what the envelope path writes.
+    #[test]
+    fn a_list_frame_is_the_envelope_it_replaces() {
+        let members = r#"[{"key":"a","data":{"n":"x\"y"}}]"#;
+        let envelope = Envelope::list("t \"q\"", members.to_owned());
+        assert_eq!(legacy_list_frame(&presence_topic("t \"q\""), members), envelope.to_json());
     }
 
     /// A topic's bookkeeping goes with its last subscriber.
