@@ -230,3 +230,31 @@ async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
     })
     .await;
 }
+
+/// Every key of a held topic carries the backstop expiry (a topic nobody
+/// sweeps any more vanishes on its own), and heartbeats that do not refresh
+/// it on every tick never leave a key without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_topics_keep_their_backstop_expiry() {
+    let server = RedisServer::start();
+    let a = Instance::start(&Store::redis(&server), fast_options()).await;
+    let ada = a.connect(json!({"id": "ada"}));
+    a.presence.join(ada.id, "room").await.unwrap();
+    // Another instance's user, swept after it dies (the sweep writes the
+    // sequence counter, which must keep its expiry).
+    let b = Instance::start(&Store::redis(&server), fast_options()).await;
+    let bob = b.connect(json!({"id": "bob"}));
+    b.presence.join(bob.id, "room").await.unwrap();
+    b.presence.destroy();
+    eventually("bob swept", || async { a.presence.count("room").await.ok() == Some(1) }).await;
+    for _ in 0..5 {
+        a.presence.tick().await;
+    }
+    let mut con = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*{room}*").query(&mut con).unwrap();
+    assert!(keys.len() >= 5, "{keys:?}");
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut con).unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "{key}: PTTL {ttl}");
+    }
+}

@@ -133,6 +133,17 @@ where
     (rate, evalsha, commands)
 }
 
+/// Microseconds Redis spent in EVALSHA (scripts included) since the last reset.
+fn evalsha_usec(con: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|l| l.split("usec=").nth(1))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn redis_version() -> String {
     let output = Command::new("redis-server").arg("--version").output().expect("redis-server");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -226,7 +237,8 @@ async fn engine(args: &Args) {
         ticker.tick().await;
         ticks.push(started.elapsed());
     }
-    let (tick_evalsha, _) = command_stats(&mut con);
+    let (tick_evalsha, tick_commands) = command_stats(&mut con);
+    let tick_usec = evalsha_usec(&mut con);
     ticks.sort();
 
     let per = |n: u64| n as f64 / args.users as f64;
@@ -247,6 +259,8 @@ async fn engine(args: &Args) {
     );
     println!("| heartbeat tick, 10,000 users in 1,000 topics (median of 5) | {:.1} ms |", ticks[2].as_secs_f64() * 1e3);
     println!("| script calls per tick | {} |", tick_evalsha / 5);
+    println!("| Redis commands per topic per tick | {:.1} |", tick_commands as f64 / 5.0 / 1000.0);
+    println!("| Redis time per tick (`INFO commandstats` usec of EVALSHA) | {:.1} ms |", tick_usec as f64 / 5.0 / 1e3);
 }
 
 /// Joins/s into rooms of each size (`args.users` joins spread over

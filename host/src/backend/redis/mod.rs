@@ -81,6 +81,9 @@ pub struct RedisBackend {
     clock_offset_ms: i64,
     /// This instance's clock minus Redis's, as of the last tick (ms).
     skew_ms: AtomicI64,
+    /// When a tick last refreshed the backstop expiry of every held topic's
+    /// keys: once a quarter of the backstop is enough, not every tick.
+    backstop_refreshed: Mutex<Option<std::time::Instant>>,
 }
 
 fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
@@ -136,6 +139,7 @@ impl RedisBackend {
             events: Mutex::new(Some(rx)),
             clock_offset_ms: options.clock_offset_ms,
             skew_ms: AtomicI64::new(0),
+            backstop_refreshed: Mutex::new(None),
         })
     }
 
@@ -147,6 +151,19 @@ impl RedisBackend {
 
     fn local_now_ms(&self) -> u64 {
         now_ms().saturating_add_signed(self.clock_offset_ms)
+    }
+
+    /// The backstop to set on this tick's topics, when it is due: a join
+    /// sets it on the keys it creates, and the ticks refresh it every quarter
+    /// of its length, so a held topic's keys never reach it.
+    fn backstop_due(&self, ttl: Duration) -> Option<Duration> {
+        let keep = backstop(ttl);
+        let mut refreshed = self.backstop_refreshed.lock().unwrap_or_else(|p| p.into_inner());
+        if refreshed.is_some_and(|at| at.elapsed() < keep / 4) {
+            return None;
+        }
+        *refreshed = Some(std::time::Instant::now());
+        Some(keep)
     }
 
     fn note_skew(&self, redis_now: u64, local_now: u64) {
@@ -312,6 +329,7 @@ impl Backend for RedisBackend {
 
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
         let mut reports = Vec::with_capacity(topics.len());
+        let keep = self.backstop_due(ttl).map_or(0, |keep| keep.as_millis() as u64);
         // Bounded batches keep each round trip well inside the timeout.
         for batch in topics.chunks(512) {
             let local_now = self.local_now_ms();
@@ -321,7 +339,7 @@ impl Backend for RedisBackend {
                 let mut call = scripts::TICK.prepare_invoke();
                 call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance));
                 call.key(&k.seq).key(&k.epoch);
-                call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(backstop(ttl).as_millis() as u64);
+                call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(keep);
                 call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held);
                 call.arg(&k.held_prefix).arg(local_now);
                 pipe.invoke_script(&call);

@@ -28,13 +28,14 @@ local function next_seq(seq_key, now)
   local current = redis.call('GET', seq_key)
   if not current then
     local fresh = (now + 1000) * 1024
-    redis.call('SET', seq_key, string.format('%d', fresh))
+    redis.call('SET', seq_key, string.format('%d', fresh), 'KEEPTTL')
     return fresh
   end
   current = tonumber(current)
   local candidate = now * 1024
   if candidate <= current then candidate = current + 1 end
-  redis.call('SET', seq_key, string.format('%d', candidate))
+  -- KEEPTTL: a sweep must not strip the backstop expiry off the counter.
+  redis.call('SET', seq_key, string.format('%d', candidate), 'KEEPTTL')
   return candidate
 end
 

@@ -4,7 +4,8 @@
 -- engine pipelines one call per topic.
 --
 -- KEYS: 1 users, 2 refs, 3 inst, 4 held:<this instance>, 5 seq, 6 epoch
--- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms),
+-- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms; 0 = not due this tick: the
+--         instance refreshes it every quarter of its length, not every tick),
 --       4 epoch this instance knows ('' = none), 5 channel,
 --       6 how many users this instance believes it holds here (0: it only
 --         observes), 7 prefix of held:<instance> keys (same hash tag, same slot),
@@ -33,8 +34,10 @@ elseif believed > 0 then
     status = 'lost'
   else
     if redis.call('SCARD', KEYS[4]) < believed then status = 'lost' end
-    backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, keep)
-    if epoch then redis.call('PEXPIRE', KEYS[6], keep) end
+    if keep > 0 then
+      backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, keep)
+      if epoch then redis.call('PEXPIRE', KEYS[6], keep) end
+    end
   end
 end
 
