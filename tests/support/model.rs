@@ -87,6 +87,10 @@ struct World {
     /// heartbeat later; a new tab meanwhile would make the count ambiguous).
     frozen: HashSet<usize>,
     faulty_round: bool,
+    /// Replica repairs over the live instances at the last check: a repair
+    /// (events too late, e.g. a starved machine) shows what changed in
+    /// between as one change, so that round's exact counts do not apply.
+    repairs_at_check: u64,
     /// A Redis fault happened since the last check: joins may still be
     /// deferred, and a deferred join is made even after a `clear()` (its
     /// connection is still open), so `clear()` waits for a calm round.
@@ -142,6 +146,7 @@ pub async fn run(config: Config) -> Result<Report, String> {
         seen_at_check: HashMap::new(),
         frozen: HashSet::new(),
         faulty_round: false,
+        repairs_at_check: 0,
         stormy: false,
     };
     for _ in 0..config.instances {
@@ -365,6 +370,15 @@ impl World {
         Ok(())
     }
 
+    /// Replica repairs, summed over the live instances.
+    fn repairs(&self) -> u64 {
+        self.live()
+            .into_iter()
+            .map(|n| self.nodes[n].as_ref().unwrap().instance.presence.stats())
+            .map(|stats| stats.repairs.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     /// Completed resyncs per live instance.
     fn resyncs(&self) -> Vec<(usize, u64)> {
         let count = |n: &Node| n.instance.presence.stats().resyncs.load(std::sync::atomic::Ordering::Relaxed);
@@ -405,8 +419,10 @@ impl World {
                 Err(NotYet(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        // Exact transition counts, for rounds without faults.
-        let clean = !self.faulty_round;
+        // Exact transition counts, for rounds without faults or repairs.
+        let repairs = self.repairs();
+        let clean = !self.faulty_round && repairs == self.repairs_at_check;
+        self.repairs_at_check = repairs;
         if clean {
             self.report.clean_rounds += 1;
         }

@@ -135,6 +135,7 @@ impl Inner {
             }
             if let Some(latest) = report.as_ref().and_then(|r| r.latest) {
                 if self.drifted(topic, latest, *seen_before) {
+                    self.stats.repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.resync_topic(topic).await;
                 }
             }

@@ -75,6 +75,9 @@ pub struct Stats {
     /// Times every watched topic was read again after the event stream was
     /// interrupted.
     pub resyncs: std::sync::atomic::AtomicU64,
+    /// Topics read again because their replica drifted from the store
+    /// (events lost or too late): changes in between reach clients as one.
+    pub repairs: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Inner {

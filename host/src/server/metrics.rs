@@ -61,6 +61,7 @@ pub fn render(shared: &Shared) -> String {
     let health = shared.presence.health();
     line("presence_task_restarts_total", "counter", health.restarts.to_string());
     line("presence_resyncs_total", "counter", stats.resyncs.load(Relaxed).to_string());
+    line("presence_replica_repairs_total", "counter", stats.repairs.load(Relaxed).to_string());
     line("presence_tasks_down", "gauge", health.down.len().to_string());
     type_line(&mut out, "presence_events_total", "counter");
     for (event, counter) in [("join", &stats.joins), ("leave", &stats.leaves), ("updated", &stats.updates)] {
