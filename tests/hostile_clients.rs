@@ -18,11 +18,6 @@ use tokio::net::{TcpSocket, TcpStream};
 /// RSS is per process: one test at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
-}
-
 /// Tracks the largest RSS seen since it started.
 struct RssWatch {
     start: u64,
@@ -60,15 +55,6 @@ async fn metric(addr: SocketAddr, line: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(line).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no metric {line}"))
-}
-
-/// Poll `check` until it holds or the deadline passes.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A WebSocket upgrade by hand, on a socket with a small receive buffer (so
@@ -157,7 +143,7 @@ async fn slow_readers_under_churn_are_cut_off_and_leave() {
         slow.push(stream);
     }
     let presence = served.server.presence().clone();
-    eventually("the slow readers joined", async || presence.count("room").await.unwrap() == 50).await;
+    eventually("the slow readers joined", || async { presence.count("room").await.unwrap() == 50 }).await;
 
     // Churn: users with 2 KB of data join and leave, 20 at a time.
     let bio = "b".repeat(2048);
@@ -187,7 +173,7 @@ async fn slow_readers_under_churn_are_cut_off_and_leave() {
         })
     };
     // Every slow reader is closed and leaves; the churn keeps being served.
-    eventually("every slow reader left", async || {
+    eventually("every slow reader left", || async {
         let members = presence.list("room").await.unwrap();
         !members.iter().any(|m| m.key.starts_with("slow-"))
     })
@@ -349,7 +335,8 @@ async fn a_connection_flood_is_refused_clearly() {
     assert_eq!(metric(served.addr, "presence_connections_refused_total{reason=\"address\"}").await, 2.0);
     // Places come back when connections close.
     open.pop().unwrap().close().await;
-    eventually("a place is free again", async || raw_upgrade(served.addr, "/ws?id=again", None).await.1 == 101).await;
+    eventually("a place is free again", || async { raw_upgrade(served.addr, "/ws?id=again", None).await.1 == 101 })
+        .await;
 
     // TCP connections that never send a request hold the places of
     // connections not yet upgraded; beyond them, a plain 503.
@@ -362,7 +349,7 @@ async fn a_connection_flood_is_refused_clearly() {
     tokio::time::timeout(DEADLINE, extra.read_to_string(&mut answer)).await.unwrap().unwrap();
     assert!(answer.starts_with("HTTP/1.1 503") && answer.ends_with("server busy\n"), "{answer}");
     drop(idle);
-    eventually("the server answers again", async || http_get(served.addr, "/healthz").await.0 == 200).await;
+    eventually("the server answers again", || async { http_get(served.addr, "/healthz").await.0 == 200 }).await;
     assert!(metric(served.addr, "presence_connections_refused_total{reason=\"busy\"}").await >= 1.0);
     rss.assert_grew_less_than(16, "connection flood");
 }

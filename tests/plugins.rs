@@ -391,12 +391,6 @@ async fn python_guest_speaks_the_same_contract() {
     assert_eq!(presence.count("room").await.unwrap(), 0);
 }
 
-/// RSS of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
-}
-
 /// Guests written in WebAssembly text attack the limits a Rust guest cannot
 /// reach: a table grown by 2^30 elements traps naming the limit (and costs
 /// the host next to nothing), too many memories or tables fail the load in

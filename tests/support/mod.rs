@@ -218,6 +218,13 @@ where
     panic!("not true within {DEADLINE:?}: {what}");
 }
 
+/// Resident memory of this process, in KiB (from `/proc/self/status`).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS line");
+    line.trim().trim_end_matches(" kB").parse().expect("VmRSS in kB")
+}
+
 /// Sorted keys of `list(topic)`.
 pub async fn keys(instance: &Instance, topic: &str) -> Vec<String> {
     let mut keys: Vec<String> = instance.presence.list(topic).await.expect("list").into_iter().map(|m| m.key).collect();
