@@ -95,10 +95,10 @@ fn engine() -> Result<Engine, LoadError> {
     config.epoch_interruption(true).wasm_component_model(true);
     // Bounded guest stack: runaway recursion traps instead of exhausting the host.
     config.max_wasm_stack(1 << 20);
-    // Compile on one thread: a reload must leave the other cores to the calls
-    // being served (on 2 cores, parallel compilation starved them past their
+    // Compilation runs on one thread (wasmtime's `parallel-compilation`
+    // feature is off): a reload must leave the other cores to the calls being
+    // served (on 2 cores, parallel compilation starved them past their
     // deadlines).
-    config.parallel_compilation(false);
     Engine::new(&config).map_err(|e| LoadError::Compile(format!("cannot configure wasmtime: {e:#}")))
 }
 
