@@ -193,12 +193,12 @@ impl Hub {
         }
     }
 
-    fn count_delivery(&self, state: &mut HubState, conn: ConnId, frame: &Frame) {
-        if state.deliver(conn, frame) {
-            self.frames_sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.overflows.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Queue a frame and count it; false if the connection was cut off.
+    fn count_delivery(&self, state: &mut HubState, conn: ConnId, frame: &Frame) -> bool {
+        let delivered = state.deliver(conn, frame);
+        let counter = if delivered { &self.frames_sent } else { &self.overflows };
+        counter.fetch_add(1, Ordering::Relaxed);
+        delivered
     }
 
     /// Frames queued for connections so far.
@@ -213,15 +213,7 @@ impl Hub {
 
     /// Queue a raw text frame for one connection (e.g. a protocol error).
     pub fn send_text(&self, conn: ConnId, text: impl Into<Frame>) -> bool {
-        let frame = text.into();
-        let mut state = self.lock();
-        let ok = state.deliver(conn, &frame);
-        if ok {
-            self.frames_sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.overflows.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
+        self.count_delivery(&mut self.lock(), conn, &text.into())
     }
 
     pub fn set_user_data(&self, conn: ConnId, user_data: Value) {
@@ -292,7 +284,8 @@ impl Platform for Hub {
         }
     }
 
-    /// A `list` built by the engine: one copy into the connection's frame.
+    /// A `list` built by the engine: one copy into the connection's frame, a
+    /// `presence_state` for a current connection.
     fn send_list(&self, conn: ConnId, topic: &str, members_json: &str) {
         let presence = presence_topic(topic);
         let mut state = self.lock();
@@ -305,16 +298,9 @@ impl Platform for Hub {
         self.count_delivery(&mut state, conn, &frame);
     }
 
-    /// A `list` reaches a current connection as a `presence_state`.
+    /// Anything but the engine's `list` (see `send_list`), as it is.
     fn send(&self, conn: ConnId, envelope: &Envelope) {
-        let mut state = self.lock();
-        let frame: Frame = if envelope.event == "list" && state.is_current(conn) {
-            let seq = state.seqs.get(&envelope.topic).copied().unwrap_or(0);
-            current::state_frame(&envelope.topic, envelope.data.get(), seq).into()
-        } else {
-            envelope.to_json().into()
-        };
-        self.count_delivery(&mut state, conn, &frame);
+        self.count_delivery(&mut self.lock(), conn, &envelope.to_json().into());
     }
 
     /// Presence changes reach legacy subscribers now and current ones as the

@@ -43,7 +43,7 @@ impl PresenceServer {
                 () = &mut stop => break,
             };
             let Ok(permit) = unupgraded.clone().try_acquire_owned() else {
-                self.shared.metrics.refused("busy");
+                self.shared.metrics.refused_busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(refuse_busy(tcp));
                 continue;
             };

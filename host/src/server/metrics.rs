@@ -25,19 +25,6 @@ pub struct ServerMetrics {
     pub refused_busy: AtomicU64,
 }
 
-impl ServerMetrics {
-    /// Count a connection refused before the upgrade.
-    pub fn refused(&self, reason: &str) {
-        let counter = match reason {
-            "origin" => &self.refused_origin,
-            "full" => &self.refused_full,
-            "address" => &self.refused_address,
-            _ => &self.refused_busy,
-        };
-        counter.fetch_add(1, Relaxed);
-    }
-}
-
 pub fn render(shared: &Shared) -> String {
     let mut out = String::new();
     let m = &shared.metrics;

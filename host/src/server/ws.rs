@@ -53,7 +53,7 @@ pub(super) async fn upgrade(
     }
     let peer = peer.map(|p| p.0 .0);
     if let Err(refused) = shared.limits.allowed_origins.check(&headers) {
-        shared.metrics.refused("origin");
+        shared.metrics.refused_origin.fetch_add(1, Relaxed);
         tracing::warn!(peer = ?peer, %refused, "cross-origin upgrade refused");
         return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
     }
@@ -88,11 +88,7 @@ pub(super) async fn upgrade(
                 500..=599 => INTERNAL,
                 _ => FORBIDDEN,
             };
-            let within = shared.limits.pong_timeout;
-            ws.on_upgrade(move |mut socket| async move {
-                let _ = tokio::time::timeout(within, socket.send(close(code, &denial.reason))).await;
-                drop(ticket);
-            })
+            close_after_upgrade(ws, shared.limits.pong_timeout, code, denial.reason, Some(ticket))
         }
     }
 }
@@ -108,15 +104,31 @@ fn refuse_over_limit(
     refused: Refused,
     peer: Option<SocketAddr>,
 ) -> Response {
-    shared.metrics.refused(if matches!(refused, Refused::Full(_)) { "full" } else { "address" });
+    let counter = match refused {
+        Refused::Full(_) => &shared.metrics.refused_full,
+        _ => &shared.metrics.refused_address,
+    };
+    counter.fetch_add(1, Relaxed);
     tracing::info!(peer = ?peer, %refused, "upgrade refused");
     if headers.contains_key(header::ORIGIN) {
-        let (within, reason) = (shared.limits.pong_timeout, refused.to_string());
-        return ws.on_upgrade(move |mut socket| async move {
-            let _ = tokio::time::timeout(within, socket.send(close(RATE_LIMITED, &reason))).await;
-        });
+        return close_after_upgrade(ws, shared.limits.pong_timeout, RATE_LIMITED, refused.to_string(), None);
     }
     (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{refused}\n")).into_response()
+}
+
+/// Accept the upgrade only to close it with `code` (what a browser can see),
+/// within `within`; the connection's place, if it has one, is held until then.
+fn close_after_upgrade(
+    ws: WebSocketUpgrade,
+    within: std::time::Duration,
+    code: u16,
+    reason: String,
+    ticket: Option<Ticket>,
+) -> Response {
+    ws.on_upgrade(move |mut socket| async move {
+        let _ = tokio::time::timeout(within, socket.send(close(code, &reason))).await;
+        drop(ticket);
+    })
 }
 
 /// Who is this request? The plugin's `authenticate`, or without a plugin
@@ -233,31 +245,27 @@ impl Writer {
     /// Send one message; false if the socket failed or the client did not
     /// take it in time.
     async fn send(&mut self, message: Message) -> bool {
-        self.bounded(|sink| Box::pin(sink.send(message))).await
+        let written = tokio::time::timeout(self.within, self.sink.send(message)).await;
+        self.done(written)
     }
 
     /// Write a queued frame and everything queued behind it, then flush once.
     async fn send_queued(&mut self, first: Frame, outbox: &mut Outbox) -> bool {
-        self.bounded(|sink| {
-            Box::pin(async move {
-                sink.feed(Message::Text(first.as_ref().into())).await?;
-                while let Some(next) = outbox.try_recv() {
-                    sink.feed(Message::Text(next.as_ref().into())).await?;
-                }
-                sink.flush().await
-            })
-        })
-        .await
+        let sink = &mut self.sink;
+        let write = async {
+            sink.feed(Message::Text(first.as_ref().into())).await?;
+            while let Some(next) = outbox.try_recv() {
+                sink.feed(Message::Text(next.as_ref().into())).await?;
+            }
+            sink.flush().await
+        };
+        let written = tokio::time::timeout(self.within, write).await;
+        self.done(written)
     }
 
-    async fn bounded<'a>(
-        &'a mut self,
-        write: impl FnOnce(
-            &'a mut futures::stream::SplitSink<WebSocket, Message>,
-        ) -> futures::future::BoxFuture<'a, Result<(), axum::Error>>,
-    ) -> bool {
-        // Boxed: the timer is only needed while a write is in progress.
-        match Box::pin(tokio::time::timeout(self.within, write(&mut self.sink))).await {
+    /// Whether a write went through, counting the ones that timed out.
+    fn done(&self, written: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) -> bool {
+        match written {
             Ok(result) => result.is_ok(),
             Err(_) => {
                 self.shared.metrics.send_timeouts.fetch_add(1, Relaxed);
