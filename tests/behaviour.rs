@@ -1,5 +1,6 @@
 //! The original extension's behaviours (the reference's "Behaviours its test suite covers"),
-//! each run on the in-memory backend and on a real redis-server.
+//! each run on the in-memory backend, on a real redis-server and on a real
+//! three-master Redis Cluster (shared by the binary, a key prefix per test).
 
 use presence::engine::{presence_topic, select_fn};
 use presence::{Error, Options};
@@ -7,8 +8,8 @@ use presence_tests::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Run one behaviour against both backends.
-macro_rules! on_both_backends {
+/// Run one behaviour against every backend.
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,11 +21,16 @@ macro_rules! on_both_backends {
                 let server = presence_tests::RedisServer::start();
                 super::$name(presence_tests::Store::redis(&server)).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                let urls = tokio::task::spawn_blocking(presence_tests::shared_cluster).await.unwrap();
+                super::$name(presence_tests::Store::redis_url(urls)).await
+            }
         }
     )*};
 }
 
-on_both_backends!(
+on_every_backend!(
     join_adds_user_and_sends_list,
     join_broadcasts_new_users_and_is_idempotent,
     internal_topics_are_ignored_and_topics_independent,

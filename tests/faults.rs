@@ -181,7 +181,13 @@ async fn storm_of_tabs_on_two_instances_is_exact() {
     joined.dedup();
     assert_eq!(joined.len(), USERS);
     let mut con = server.connection();
-    let left_over: Vec<String> = redis::cmd("KEYS").arg("presence:{storm}:*").query(&mut con).unwrap();
+    let left_over: Vec<String> = redis::cmd("KEYS")
+        .arg(format!(
+            "{}*",
+            presence::backend::redis::TopicKeys::new("presence", "storm").users.trim_end_matches("users")
+        ))
+        .query(&mut con)
+        .unwrap();
     let mut left_over: Vec<_> =
         left_over.into_iter().filter(|k| !k.ends_with(":seq") && !k.ends_with(":inst")).collect();
     left_over.sort();
@@ -217,8 +223,11 @@ async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
     let observer = a.connect(json!({"id": "o"}));
     a.presence.sync(observer.id, "watched").await.unwrap();
     let subscribers = |con: &mut redis::Connection| -> i64 {
-        let reply: (String, i64) =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg("presence:{watched}:events").query(con).unwrap();
+        let reply: (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(presence::backend::redis::TopicKeys::new("presence", "watched").channel)
+            .query(con)
+            .unwrap();
         reply.1
     };
     assert_eq!(subscribers(&mut con), 1);

@@ -332,7 +332,7 @@ async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
     let mut instances = Vec::new();
     for _ in 0..2 {
         let backend = RedisBackend::connect(RedisOptions::new(server.url())).await.unwrap();
-        let kv = RedisKv::connect(&server.url(), backend.prefix(), backend.timeout(), Default::default()).await;
+        let kv = RedisKv::connect(&RedisOptions::new(server.url()), Default::default()).await;
         let kv = Arc::new(kv.expect("kv connects"));
         let plugin = PluginHost::start(PluginConfig::new(&wasm), kv).await.unwrap();
         let hub = Hub::new();

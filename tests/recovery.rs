@@ -241,13 +241,14 @@ async fn garbage_in_redis_is_ignored() {
     let store = Store::redis(&server);
     let a = Instance::start(&store, fast_options()).await;
     let mut con = server.connection();
-    let _: () = redis::cmd("HSET").arg("presence:{room}:users").arg("bad").arg("{not json").query(&mut con).unwrap();
-    let _: () = redis::cmd("HSET").arg("presence:{room}:refs").arg("bad").arg(1).query(&mut con).unwrap();
+    let room = presence::backend::redis::TopicKeys::new("presence", "room");
+    let _: () = redis::cmd("HSET").arg(&room.users).arg("bad").arg("{not json").query(&mut con).unwrap();
+    let _: () = redis::cmd("HSET").arg(&room.refs).arg("bad").arg(1).query(&mut con).unwrap();
     let mut watcher = a.watcher("room").await;
     let payloads: [&[u8]; 4] =
         [b"{not json", br#"{"i":"x","s":"NaN","e":"join"}"#, br#"{"i":"x","s":1,"e":"boom"}"#, b"\xff\xfe"];
     for payload in payloads {
-        let _: i64 = redis::cmd("PUBLISH").arg("presence:{room}:events").arg(payload).query(&mut con).unwrap();
+        let _: i64 = redis::cmd("PUBLISH").arg(&room.channel).arg(payload).query(&mut con).unwrap();
     }
     let alice = a.connect(json!({"id": "alice"}));
     a.presence.join(alice.id, "room").await.unwrap();

@@ -165,12 +165,12 @@ async fn start_engine(url: &str, options: Options) -> (Presence, Arc<Hub>) {
 /// `redis-benchmark` calling the join script directly: the ceiling for one
 /// round trip per join on this Redis.
 fn redis_benchmark_join(port: u16, requests: usize) -> f64 {
-    let sha = RedisBackend::script_hashes()[0].1;
+    let sha = RedisBackend::script_hashes(presence::backend::redis::Topology::Single)[0].1;
     let topic = "rb";
     let keys = presence::backend::redis::TopicKeys::new("bench", topic);
     let output = Command::new("redis-benchmark")
         .args(["-p", &port.to_string(), "-n", &requests.to_string(), "-c", "64", "-r", "100000000", "-q"])
-        .args(["EVALSHA", sha, "6", &keys.users, &keys.refs, &keys.inst, &keys.held("0123456789abcdef")])
+        .args(["EVALSHA", sha, "6", &keys.users, &keys.refs, &keys.inst, &keys.holds])
         // ARGV as join.lua takes them: instance, user, data, ttl, backstop,
         // known epoch, channel, and no member cap (0: the full join path).
         .args([&keys.seq, &keys.epoch, "0123456789abcdef", "user:__rand_int__", r#"{"id":"x"}"#])

@@ -4,6 +4,7 @@
 
 pub mod guests;
 pub mod model;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod slow;
 
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use redis_cluster::{shared_cluster, RedisCluster};
 pub use redis_server::RedisServer;
 
 /// How long any awaited condition may take before a test fails.
@@ -42,6 +44,17 @@ impl Store {
             url: server.url(),
             prefix: "presence".into(),
             timeout: Duration::from_millis(500),
+            clock_offset_ms: 0,
+        }
+    }
+
+    /// A store on the Redis (or cluster) at `url`, under its own prefix, so
+    /// tests sharing one cluster never see each other's topics.
+    pub fn redis_url(url: &str) -> Self {
+        Store::Redis {
+            url: url.to_owned(),
+            prefix: format!("t{:08x}", rand::random::<u32>()),
+            timeout: Duration::from_millis(1000),
             clock_offset_ms: 0,
         }
     }

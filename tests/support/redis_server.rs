@@ -11,30 +11,65 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    spec: Spec,
 }
 
-fn free_port() -> u16 {
+/// How to run a server beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    /// Extra `redis-server` arguments (a cluster node's, TLS), kept for restarts.
+    pub args: Vec<String>,
+    /// Up once it accepts TCP connections, not once it answers PING on plain
+    /// TCP (for a TLS-only or password-protected server).
+    pub tcp_probe: bool,
+    /// Killed by the kernel when the thread that started it ends (for
+    /// servers shared by a whole test binary, which no `Drop` stops).
+    pub die_with_thread: bool,
+}
+
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().unwrap().port()
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_with(free_port(), Spec::default())
+    }
+
+    /// A server on `port`, run as `spec` says.
+    pub fn start_with(port: u16, spec: Spec) -> Self {
         let dir = std::env::temp_dir().join(format!("presence-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut server = Self { port, dir, child: None };
+        let mut server = Self { port, dir, child: None, spec };
         server.spawn();
         server
     }
 
+    /// Its own temporary directory (configuration files, logs).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     fn spawn(&mut self) {
         let log = self.dir.join("redis.log");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if self.spec.die_with_thread {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
             .arg(&log)
+            .args(&self.spec.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -52,6 +87,9 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
+        if self.spec.tcp_probe {
+            return std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
@@ -71,7 +109,7 @@ impl RedisServer {
         redis::Client::open(self.url()).unwrap().get_connection().expect("connect to test redis")
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server running").id()
     }
 

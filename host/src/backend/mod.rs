@@ -217,6 +217,11 @@ pub enum BackendEvent {
     /// The event stream was interrupted and is flowing again: events may have
     /// been missed, so the engine re-reads every topic it watches.
     Resynced,
+    /// One topic's events were interrupted (on a cluster: its shard failed
+    /// over or its slot moved) and flow again: the engine re-reads that topic.
+    TopicResynced {
+        topic: String,
+    },
 }
 
 /// The operations the engine needs from a shared store. Each one is a single

@@ -52,6 +52,16 @@ pub(super) async fn pump(inner: Weak<Inner>, events: Events) {
             BackendEvent::Cleared { topic, instance, .. } if instance != inner.backend.instance() => {
                 inner.clear_local(&topic);
             }
+            BackendEvent::TopicResynced { topic } => {
+                let topic = lock(&inner.topics).get(&topic).filter(|t| t.ready.initialized()).cloned();
+                if let Some(topic) = topic {
+                    let inner = inner.clone();
+                    tokio::spawn(async move {
+                        inner.resync_topic(&topic).await;
+                        inner.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            }
             // Coalesced: a resync already wanted absorbs this one.
             BackendEvent::Resynced => {
                 inner.resyncs.reported.fetch_add(1, Ordering::AcqRel);

@@ -6,8 +6,9 @@
 //! `kv_prelude.lua`): `#` never appears in a prefix, so neither this
 //! deployment's presence keys nor any other deployment's keys can overlap.
 
+use crate::backend::redis::connection::Endpoint;
+use crate::backend::redis::{RedisConnection, RedisOptions};
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -209,7 +210,7 @@ static DELETE: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!
 
 /// Redis-backed store, shared by every instance using the same prefix.
 pub struct RedisKv {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     /// `<prefix>#kv{<prefix>}:`
     namespace: String,
     quota: Quota,
@@ -217,21 +218,16 @@ pub struct RedisKv {
 }
 
 impl RedisKv {
-    /// The store on its own connection to `url` (not the engine's).
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration, quota: Quota) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("kv: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn = tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| format!("kv: no connection to Redis within {timeout:?}"))?
-            .map_err(|e| format!("kv: {e}"))?;
-        Ok(Self::new(conn, prefix, timeout, quota))
+    /// The store on its own connection to the engine's Redis (one node or a
+    /// cluster), not the engine's connection.
+    pub async fn connect(options: &RedisOptions, quota: Quota) -> Result<Self, String> {
+        let endpoint = Endpoint::resolve(options).await.map_err(|e| format!("kv: {e}"))?;
+        let conn = endpoint.connect().await.map_err(|e| format!("kv: {e}"))?;
+        Ok(Self::new(conn, &options.prefix, options.timeout, quota))
     }
 
     /// The store on an existing connection.
-    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration, quota: Quota) -> Self {
+    pub fn new(conn: RedisConnection, prefix: &str, timeout: Duration, quota: Quota) -> Self {
         Self { conn, namespace: format!("{prefix}#kv{{{prefix}}}:"), quota, timeout }
     }
 

@@ -21,6 +21,7 @@ mod ws;
 
 use crate::backend::measured::{BackendMetrics, Measured};
 use crate::backend::memory::MemoryStore;
+use crate::backend::redis::connection::redact;
 use crate::backend::redis::{RedisBackend, RedisOptions};
 use crate::plugin::kv::{MemoryKv, PluginKv, RedisKv};
 use crate::plugin::{PluginConfig, PluginHost};
@@ -142,7 +143,7 @@ pub(crate) struct Shared {
     pub metrics: ServerMetrics,
     pub backend_metrics: Arc<BackendMetrics>,
     /// For `/readyz`: the Redis connection, when there is one.
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<crate::backend::redis::RedisConnection>,
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
     pub admission: admission::Admission,
@@ -169,11 +170,11 @@ impl PresenceServer {
             Some(options) => {
                 let backend = RedisBackend::connect(options.clone())
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", options.url))?;
+                    .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", redact(&options.url)))?;
                 let conn = backend.connection();
-                let kv = RedisKv::connect(&options.url, backend.prefix(), backend.timeout(), quota)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot use Redis at {} for the plugin kv: {e}", options.url))?;
+                let kv = RedisKv::connect(options, quota).await.map_err(|e| {
+                    anyhow::anyhow!("cannot use Redis at {} for the plugin kv: {e}", redact(&options.url))
+                })?;
                 (Arc::new(backend), Arc::new(kv), Some(conn))
             }
             None => (Arc::new(MemoryStore::new().backend()), Arc::new(MemoryKv::new(quota)), None),

@@ -1,6 +1,10 @@
-//! Redis key and channel names of one topic. Every name carries the topic in a
-//! `{…}` hash tag, so one topic lives in one cluster slot; the names end in a
-//! fixed suffix, so any topic string — `|`, `:`, `{`, `}`, spaces, unicode —
+//! Redis key and channel names of one topic: `<prefix>{:<topic>}:<suffix>`.
+//!
+//! Every name carries the topic in a `{…}` hash tag, so one topic lives in one
+//! cluster slot. The tag opens with `:`, so it is never empty — an empty tag
+//! (`{}`, as a topic `""` or `"}x"` would make right after the brace) would
+//! hash each key on its own and split the topic over slots. The names end in
+//! a fixed suffix, so any topic string — `|`, `:`, `{`, `}`, spaces, unicode —
 //! maps to its own keys, and a topic can be read back from a channel name.
 
 /// The keys and channel of one topic under one prefix.
@@ -10,8 +14,7 @@ pub struct TopicKeys {
     pub inst: String,
     pub seq: String,
     pub epoch: String,
-    /// `held:<instance>` without the instance id (always 16 hex characters).
-    pub held_prefix: String,
+    pub holds: String,
     pub channel: String,
 }
 
@@ -19,38 +22,34 @@ const CHANNEL_SUFFIX: &str = "}:events";
 
 impl TopicKeys {
     pub fn new(prefix: &str, topic: &str) -> Self {
-        let base = format!("{prefix}:{{{topic}");
+        let base = format!("{prefix}{{:{topic}");
         Self {
             users: format!("{base}}}:users"),
             refs: format!("{base}}}:refs"),
             inst: format!("{base}}}:inst"),
             seq: format!("{base}}}:seq"),
             epoch: format!("{base}}}:epoch"),
-            held_prefix: format!("{base}}}:held:"),
+            holds: format!("{base}}}:holds"),
             channel: format!("{base}{CHANNEL_SUFFIX}"),
         }
     }
+}
 
-    pub fn held(&self, instance: &str) -> String {
-        format!("{}{instance}", self.held_prefix)
-    }
+/// A glob (for SCAN and PUBSUB) matching every key and channel of every
+/// topic under `prefix` (validated: no glob characters).
+pub fn pattern(prefix: &str) -> String {
+    format!("{prefix}{{:*")
 }
 
 /// The topic a channel name belongs to, if it is one of ours.
 pub fn topic_of_channel<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
-    channel.strip_prefix(prefix)?.strip_prefix(":{")?.strip_suffix(CHANNEL_SUFFIX)
+    channel.strip_prefix(prefix)?.strip_prefix("{:")?.strip_suffix(CHANNEL_SUFFIX)
 }
 
 /// The topic a key belongs to, if it is one of ours (used by clear's SCAN).
 pub fn topic_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
-    let rest = key.strip_prefix(prefix)?.strip_prefix(":{")?;
-    for suffix in ["}:users", "}:refs", "}:inst", "}:seq", "}:epoch"] {
-        if let Some(topic) = rest.strip_suffix(suffix) {
-            return Some(topic);
-        }
-    }
-    let (topic, instance) = rest.rsplit_once("}:held:")?;
-    (instance.len() == 16 && instance.bytes().all(|b| b.is_ascii_hexdigit())).then_some(topic)
+    let rest = key.strip_prefix(prefix)?.strip_prefix("{:")?;
+    ["}:users", "}:refs", "}:inst", "}:holds", "}:seq", "}:epoch"].iter().find_map(|suffix| rest.strip_suffix(suffix))
 }
 
 #[cfg(test)]
@@ -60,13 +59,24 @@ mod tests {
     /// Hostile topics round-trip through channel and key names unambiguously.
     #[test]
     fn topics_round_trip() {
-        for topic in ["room", "a|b", "}:users", "{x}", "a}:held:0123456789abcdef", "ü 💬", ""] {
+        for topic in ["room", "a|b", "}:users", "{x}", "a}:holds", "ü 💬", ""] {
             let keys = TopicKeys::new("p", topic);
             assert_eq!(topic_of_channel("p", &keys.channel), Some(topic));
-            for key in [&keys.users, &keys.refs, &keys.inst, &keys.seq, &keys.epoch] {
+            for key in [&keys.users, &keys.refs, &keys.inst, &keys.holds, &keys.seq, &keys.epoch] {
                 assert_eq!(topic_of_key("p", key), Some(topic), "{key}");
             }
-            assert_eq!(topic_of_key("p", &keys.held("0123456789abcdef")), Some(topic));
+        }
+    }
+
+    /// Every key and the channel of a topic share one slot, whatever the topic.
+    #[test]
+    fn one_topic_one_slot() {
+        for topic in ["", "}", "}x", "{", "{}", "a}b", "ü"] {
+            let keys = TopicKeys::new("p", topic);
+            let slot = crate::backend::redis::slots::slot_of(keys.users.as_bytes());
+            for name in [&keys.refs, &keys.inst, &keys.holds, &keys.seq, &keys.epoch, &keys.channel] {
+                assert_eq!(crate::backend::redis::slots::slot_of(name.as_bytes()), slot, "{topic:?}: {name}");
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 -- local connection closed). One round trip ("one round trip"); O(1) whatever
 -- the topic's size.
 --
--- KEYS: 1 users, 2 refs, 3 inst, 4 held:<this instance>, 5 seq
+-- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq
 -- ARGV: 1 instance id, 2 user key, 3 backstop (ms), 4 channel
 -- Reply: {'left', seq, data} | {'held', 0} (another instance still holds the
 --        user) | {'absent', 0} (this instance did not hold it, another shows it)
@@ -14,7 +14,7 @@
 local instance, user = ARGV[1], ARGV[2]
 local keep, channel = tonumber(ARGV[3]), ARGV[4]
 
-if redis.call('SREM', KEYS[4], user) == 0 then
+if redis.call('ZREM', KEYS[4], instance .. user) == 0 then
   if redis.call('HEXISTS', KEYS[1], user) == 1 then return {'absent', 0} end
   local seq = next_seq(KEYS[5], redis_now())
   redis.call('PEXPIRE', KEYS[5], keep)

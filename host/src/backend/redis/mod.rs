@@ -1,19 +1,26 @@
 //! The Redis backend: presence shared by every instance on one Redis (6.2+,
-//! no HEXPIRE needed), cluster-ready (every key of a topic in one slot).
+//! no HEXPIRE needed) or on a Redis Cluster (7.0+: every key of a topic in one
+//! slot, events on the topic's shard with sharded pub/sub).
 //!
 //! Each operation is one Lua script (see the `.lua` files beside this module,
 //! each headed by its KEYS, ARGV, reply and the property it serves), called by
-//! SHA over one multiplexed connection; the heartbeat is one pipelined batch.
+//! SHA over one multiplexed connection; the heartbeat is one pipelined batch
+//! (on a cluster, one per master). [`connection`] says which URLs mean what.
 //!
 //! ## Behavior on failure
 //!
 //! - Every call is bounded by [`RedisOptions::timeout`]: a stalled Redis
 //!   (SIGSTOP, partition) yields [`BackendError::Timeout`], a dead one
 //!   [`BackendError::Unavailable`]; nothing hangs and nothing queues unbounded.
-//! - The command connection reconnects in the background
-//!   ([`ConnectionManager`]); the next call uses the new connection.
+//! - The command connection reconnects in the background; the next call uses
+//!   the new connection. On a cluster it also follows slot moves and a
+//!   master's failover (the cluster client re-reads the topology on `MOVED`
+//!   or a dead node), and a heartbeat batch that hit a moved slot is retried
+//!   call by call.
 //! - The subscriber reconnects by itself, subscribes its channels again and
-//!   emits [`BackendEvent::Resynced`] so the engine re-reads its topics.
+//!   emits [`BackendEvent::Resynced`] so the engine re-reads its topics; on a
+//!   cluster, only the topics whose shard moved or failed over
+//!   ([`BackendEvent::TopicResynced`]).
 //! - Scripts lost with a restart (NOSCRIPT) are loaded again transparently.
 //! - A Redis that came back empty (or lost some writes) is noticed by the next
 //!   heartbeat tick ([`TickOutcome::Lost`]: fewer users held than the instance
@@ -22,10 +29,14 @@
 //!   clock is only compared with it, to warn when it is far off
 //!   ([`RedisBackend::clock_skew`]).
 
+pub mod connection;
 mod keys;
 mod scripts;
+mod sharded;
+mod slots;
 mod subscriber;
 
+pub use connection::{RedisConnection, Topology};
 pub use keys::TopicKeys;
 
 use super::{
@@ -33,9 +44,11 @@ use super::{
     LeaveOutcome, Snapshot, TickReport, TickTopic,
 };
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use connection::Endpoint;
 use redis::{FromRedisValue, RedisError};
-use std::collections::HashSet;
+use scripts::Scripts;
+use slots::{Node, SlotTable};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
@@ -48,8 +61,13 @@ type ScriptCall = redis::ScriptInvocation<'static>;
 /// How to reach Redis and name our keys.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`).
+    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS,
+    /// `redis+unix://`); several, separated by commas, are the seed nodes of
+    /// a cluster. A single node that is part of a cluster is used as one.
     pub url: String,
+    /// PEM certificate(s) to trust for `rediss://` besides the system's
+    /// roots (a private CA, as managed services and tests use).
+    pub tls_ca: Option<Vec<u8>>,
     /// First part of every key and channel; letters, digits, `_ . : -` only.
     pub prefix: String,
     /// Bound on every Redis call (connect, command, subscribe).
@@ -62,7 +80,13 @@ pub struct RedisOptions {
 
 impl RedisOptions {
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), prefix: "presence".into(), timeout: Duration::from_secs(2), clock_offset_ms: 0 }
+        Self {
+            url: url.into(),
+            tls_ca: None,
+            prefix: "presence".into(),
+            timeout: Duration::from_secs(2),
+            clock_offset_ms: 0,
+        }
     }
 }
 
@@ -72,7 +96,11 @@ const SKEW_WARNING_MS: i64 = 1000;
 
 /// Presence state in Redis, speaking for one instance.
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: RedisConnection,
+    endpoint: Endpoint,
+    scripts: &'static Scripts,
+    /// Cluster only: which master serves which slot, for per-node batches.
+    slot_table: Mutex<Option<SlotTable>>,
     prefix: String,
     instance: String,
     timeout: Duration,
@@ -86,7 +114,7 @@ pub struct RedisBackend {
     backstop_refreshed: Mutex<Option<std::time::Instant>>,
 }
 
-fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
+pub(crate) fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
     if e.is_timeout() {
         BackendError::Timeout { op, after: timeout }
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
@@ -107,31 +135,21 @@ impl RedisBackend {
                 reason: format!("invalid key prefix {:?}: use letters, digits, `_`, `.`, `:` or `-`", options.prefix),
             });
         }
-        let client = redis::Client::open(options.url.as_str()).map_err(|e| map_err("connect", options.timeout, e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = tokio::time::timeout(options.timeout, client.get_connection_manager_with_config(config))
-            .await
-            .map_err(|_| BackendError::Timeout { op: "connect", after: options.timeout })?
-            .map_err(|e| map_err("connect", options.timeout, e))?;
-        // Load every script up front, so pipelined calls (which cannot load
-        // on demand) find them; after a Redis restart `pipeline` reloads.
-        let mut load = redis::pipe();
-        for script in scripts::all() {
-            load.load_script(script);
-        }
-        let mut loader = conn.clone();
-        tokio::time::timeout(options.timeout, load.query_async::<Vec<String>>(&mut loader))
-            .await
-            .map_err(|_| BackendError::Timeout { op: "connect", after: options.timeout })?
-            .map_err(|e| map_err("connect", options.timeout, e))?;
+        let endpoint = Endpoint::resolve(&options).await?;
+        let conn = endpoint.connect().await?;
+        let sharded = endpoint.topology == Topology::Cluster;
+        let scripts = Scripts::get(sharded);
         let (tx, rx) = mpsc::unbounded_channel();
-        let subscriber = Subscriber::start(client, options.prefix.clone(), options.timeout, tx);
-        Ok(Self {
+        let subscriber = if sharded {
+            sharded::start(endpoint.clone(), options.prefix.clone(), options.timeout, tx)?
+        } else {
+            Subscriber::start(endpoint.single_client()?, options.prefix.clone(), options.timeout, tx)
+        };
+        let backend = Self {
             conn,
+            endpoint,
+            scripts,
+            slot_table: Mutex::new(None),
             prefix: options.prefix,
             instance: super::new_instance_id(),
             timeout: options.timeout,
@@ -140,7 +158,25 @@ impl RedisBackend {
             clock_offset_ms: options.clock_offset_ms,
             skew_ms: AtomicI64::new(0),
             backstop_refreshed: Mutex::new(None),
-        })
+        };
+        // Load every script up front (on a cluster, on every node), so
+        // pipelined calls, which cannot load on demand, find them; after a
+        // Redis restart `pipeline` reloads.
+        backend.load_scripts("connect").await?;
+        Ok(backend)
+    }
+
+    /// Where this backend's Redis is: one node or a cluster.
+    pub fn topology(&self) -> Topology {
+        self.endpoint.topology
+    }
+
+    async fn load_scripts(&self, op: &'static str) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        for script in self.scripts.all() {
+            self.bounded(op, script.load_async(&mut conn)).await?;
+        }
+        Ok(())
     }
 
     /// This instance's clock minus Redis's, in ms, as measured by the last
@@ -176,8 +212,8 @@ impl RedisBackend {
 
     fn join_call(&self, topic: &str, key: &str, data: &str, epoch: Option<&str>, terms: HoldTerms) -> ScriptCall {
         let k = self.keys(topic);
-        let mut call = scripts::JOIN.prepare_invoke();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq).key(&k.epoch);
+        let mut call = self.scripts.join.prepare_invoke();
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
         call.arg(&self.instance).arg(key).arg(data).arg(terms.ttl.as_millis() as u64);
         call.arg(backstop(terms.ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
         call.arg(terms.max_members);
@@ -186,8 +222,8 @@ impl RedisBackend {
 
     fn leave_call(&self, topic: &str, key: &str) -> ScriptCall {
         let k = self.keys(topic);
-        let mut call = scripts::LEAVE.prepare_invoke();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance)).key(&k.seq);
+        let mut call = self.scripts.leave.prepare_invoke();
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq);
         // The backstop only needs to outlive the other holders' next tick.
         call.arg(&self.instance).arg(key).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(&k.channel);
         call
@@ -195,14 +231,19 @@ impl RedisBackend {
 
     /// The SHA1 of each script by operation name, for tools that call the
     /// scripts directly (the benchmark's `redis-benchmark` baseline).
-    pub fn script_hashes() -> [(&'static str, &'static str); 6] {
-        let names = ["join", "leave", "tick", "snapshot", "count", "clear"];
-        let all = scripts::all();
-        std::array::from_fn(|i| (names[i], all[i].get_hash()))
+    pub fn script_hashes(topology: Topology) -> [(&'static str, &'static str); 6] {
+        let all = Scripts::get(topology == Topology::Cluster).all();
+        std::array::from_fn(|i| (scripts::SOURCES[i].0.trim_end_matches(".lua"), all[i].get_hash()))
     }
 
-    /// The multiplexed command connection (e.g. for the plugin key-value store).
-    pub fn connection(&self) -> ConnectionManager {
+    /// Every script's file name and source text (without the prelude), for
+    /// tools that check them.
+    pub fn script_sources() -> [(&'static str, &'static str); 6] {
+        scripts::SOURCES
+    }
+
+    /// The multiplexed command connection (e.g. for readiness checks).
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -241,16 +282,95 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut load = redis::pipe();
-                for script in scripts::all() {
-                    load.load_script(script);
-                }
-                self.bounded(op, load.query_async::<Vec<String>>(&mut conn)).await?;
+                self.load_scripts(op).await?;
                 self.bounded(op, pipe.query_async::<T>(&mut conn)).await
             }
             Ok(result) => result.map_err(|e| map_err(op, self.timeout, e)),
             Err(_) => Err(BackendError::Timeout { op, after: self.timeout }),
         }
+    }
+
+    /// The cluster's slot table, read once and again after a batch hit a
+    /// moved slot.
+    async fn slot_table(&self, op: &'static str) -> Result<SlotTable, BackendError> {
+        if let Some(table) = self.slot_table.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(table);
+        }
+        let mut conn = self.conn.clone();
+        let reply: redis::Value = self.bounded(op, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn)).await?;
+        let table = SlotTable::parse(&reply).map_err(|reason| BackendError::Protocol { op, reason })?;
+        *self.slot_table.lock().unwrap_or_else(|p| p.into_inner()) = Some(table.clone());
+        Ok(table)
+    }
+
+    /// Script calls on many topics, batched: pipelines of `chunk` calls on
+    /// one node; on a cluster, one pipeline per master at once, and any call
+    /// that met a moved slot, a failover or a missing script is retried on
+    /// its own through the cluster client. One reply per call, in order.
+    async fn batched(
+        &self,
+        op: &'static str,
+        topics: &[&str],
+        chunk: usize,
+        call: impl Fn(usize) -> ScriptCall,
+    ) -> Result<Vec<redis::Value>, BackendError> {
+        if self.endpoint.topology == Topology::Single {
+            let mut replies = Vec::with_capacity(topics.len());
+            for start in (0..topics.len()).step_by(chunk) {
+                let mut pipe = redis::pipe();
+                for i in start..(start + chunk).min(topics.len()) {
+                    pipe.invoke_script(&call(i));
+                }
+                replies.extend(self.pipeline::<Vec<redis::Value>>(op, &pipe).await?);
+            }
+            return Ok(replies);
+        }
+        let table = self.slot_table(op).await?;
+        let mut by_node: BTreeMap<Option<Node>, Vec<usize>> = BTreeMap::new();
+        for (i, topic) in topics.iter().enumerate() {
+            let node = table.node_of(slots::slot_of(topic.as_bytes())).cloned();
+            by_node.entry(node).or_default().push(i);
+        }
+        let mut replies: Vec<Option<redis::Value>> = vec![None; topics.len()];
+        let mut retry = by_node.remove(&None).unwrap_or_default();
+        let batches = by_node.iter().flat_map(|(node, calls)| calls.chunks(chunk).map(move |c| (node, c)));
+        let sent = futures::future::join_all(batches.map(|(node, indices)| {
+            let mut pipe = redis::pipe();
+            for &i in indices {
+                pipe.invoke_script(&call(i));
+            }
+            let mut conn = self.conn.clone();
+            async move {
+                let node = node.as_ref().expect("unknown nodes are retried");
+                let reply = tokio::time::timeout(self.timeout, conn.pipeline_to(&pipe, &node.host, node.port)).await;
+                (indices, reply)
+            }
+        }))
+        .await;
+        for (indices, reply) in sent {
+            match reply {
+                Ok(Ok(values)) if values.len() == indices.len() => {
+                    for (&i, value) in indices.iter().zip(values) {
+                        match value {
+                            redis::Value::ServerError(_) => retry.push(i),
+                            value => replies[i] = Some(value),
+                        }
+                    }
+                }
+                _ => retry.extend_from_slice(indices),
+            }
+        }
+        if !retry.is_empty() {
+            // The table was wrong (or a node is failing over): read it anew
+            // next time, and let the cluster client route these calls.
+            *self.slot_table.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let retried =
+                futures::future::join_all(retry.iter().map(|&i| self.invoke::<redis::Value>(op, call(i)))).await;
+            for (&i, reply) in retry.iter().zip(retried) {
+                replies[i] = Some(reply?);
+            }
+        }
+        Ok(replies.into_iter().map(|reply| reply.expect("every call answered or retried")).collect())
     }
 }
 
@@ -312,83 +432,98 @@ impl Backend for RedisBackend {
 
     async fn snapshot(&self, topic: &str, seen: u64) -> Result<Snapshot, BackendError> {
         let k = self.keys(topic);
-        let mut call = scripts::SNAPSHOT.prepare_invoke();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.seq).key(&k.epoch);
-        call.arg(&k.channel).arg(&k.held_prefix).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(seen);
+        let mut call = self.scripts.snapshot.prepare_invoke();
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
+        call.arg(&k.channel).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(seen);
         let scripts::SnapshotReply(snapshot) = self.invoke("snapshot", call).await?;
         Ok(snapshot)
     }
 
     async fn count(&self, topic: &str) -> Result<u64, BackendError> {
         let k = self.keys(topic);
-        let mut call = scripts::COUNT.prepare_invoke();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.seq);
-        call.arg(&k.channel).arg(&k.held_prefix);
+        let mut call = self.scripts.count.prepare_invoke();
+        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq);
+        call.arg(&k.channel);
         self.invoke("count", call).await
     }
 
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
-        let mut reports = Vec::with_capacity(topics.len());
         let keep = self.backstop_due(ttl).map_or(0, |keep| keep.as_millis() as u64);
+        let local_now = self.local_now_ms();
+        let names: Vec<&str> = topics.iter().map(|t| t.topic.as_str()).collect();
         // Bounded batches keep each round trip well inside the timeout.
-        for batch in topics.chunks(512) {
-            let local_now = self.local_now_ms();
-            let mut pipe = redis::pipe();
-            for item in batch {
+        let replies = self
+            .batched("tick", &names, 512, |i| {
+                let item = &topics[i];
                 let k = self.keys(&item.topic);
-                let mut call = scripts::TICK.prepare_invoke();
-                call.key(&k.users).key(&k.refs).key(&k.inst).key(k.held(&self.instance));
-                call.key(&k.seq).key(&k.epoch);
+                let mut call = self.scripts.tick.prepare_invoke();
+                call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
                 call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(keep);
-                call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held);
-                call.arg(&k.held_prefix).arg(local_now);
-                pipe.invoke_script(&call);
+                call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held).arg(local_now);
+                call
+            })
+            .await?;
+        let mut reports = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let scripts::TickReply(report, redis_now) = scripts::TickReply::from_redis_value(reply)
+                .map_err(|e| BackendError::Protocol { op: "tick", reason: e.to_string() })?;
+            if reports.is_empty() {
+                self.note_skew(redis_now, local_now);
             }
-            let replies: Vec<scripts::TickReply> = self.pipeline("tick", &pipe).await?;
-            if let Some(scripts::TickReply(_, redis_now)) = replies.first() {
-                self.note_skew(*redis_now, local_now);
-            }
-            reports.extend(replies.into_iter().map(|scripts::TickReply(report, _)| report));
+            reports.push(report);
         }
         Ok(reports)
     }
 
     async fn clear(&self) -> Result<(), BackendError> {
-        // Find every topic under the prefix (in a cluster: run per node).
+        // Find every topic under the prefix, on every master.
         let mut conn = self.conn.clone();
         let mut topics = HashSet::new();
-        let mut cursor: u64 = 0;
-        let pattern = format!("{}:{{*", self.prefix);
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
-            let (next, found): (u64, Vec<String>) = self.bounded("clear", scan.query_async(&mut conn)).await?;
-            topics.extend(found.iter().filter_map(|key| keys::topic_of_key(&self.prefix, key)).map(str::to_owned));
-            cursor = next;
-            if cursor == 0 {
-                break;
+        let pattern = keys::pattern(&self.prefix);
+        let nodes = match self.endpoint.topology {
+            Topology::Single => vec![None],
+            Topology::Cluster => self.slot_table("clear").await?.masters().into_iter().map(Some).collect(),
+        };
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+                let reply: redis::Value = self
+                    .bounded("clear", async {
+                        match &node {
+                            None => scan.query_async(&mut conn).await,
+                            Some(node) => conn.command_to(scan, &node.host, node.port).await,
+                        }
+                    })
+                    .await?;
+                let (next, found): (u64, Vec<String>) = FromRedisValue::from_redis_value(reply)
+                    .map_err(|e| BackendError::Protocol { op: "clear", reason: e.to_string() })?;
+                topics.extend(found.iter().filter_map(|key| keys::topic_of_key(&self.prefix, key)).map(str::to_owned));
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         // Topics that are only observed have no keys, but their channels have
         // subscribers: their observers must hear the clear too.
         let mut channels = redis::cmd("PUBSUB");
-        channels.arg("CHANNELS").arg(format!("{}:{{*", self.prefix));
+        let listing = if self.endpoint.topology == Topology::Cluster { "SHARDCHANNELS" } else { "CHANNELS" };
+        channels.arg(listing).arg(&pattern);
         let watched: Vec<String> = self.bounded("clear", channels.query_async(&mut conn)).await?;
         topics.extend(watched.iter().filter_map(|c| keys::topic_of_channel(&self.prefix, c)).map(str::to_owned));
         let epoch = super::new_instance_id();
         let keep = backstop(Duration::from_secs(3600)).as_millis() as u64;
-        let topics: Vec<String> = topics.into_iter().collect();
-        for batch in topics.chunks(256) {
-            let mut pipe = redis::pipe();
-            for topic in batch {
-                let k = self.keys(topic);
-                let mut call = scripts::CLEAR.prepare_invoke();
-                call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.seq).key(&k.epoch);
-                call.arg(&self.instance).arg(&epoch).arg(keep).arg(&k.channel).arg(&k.held_prefix);
-                pipe.invoke_script(&call);
-            }
-            let _: Vec<i64> = self.pipeline("clear", &pipe).await?;
-        }
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.batched("clear", &topics, 256, |i| {
+            let k = self.keys(topics[i]);
+            let mut call = self.scripts.clear.prepare_invoke();
+            call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
+            call.arg(&self.instance).arg(&epoch).arg(keep).arg(&k.channel);
+            call
+        })
+        .await?;
         Ok(())
     }
 

@@ -2,15 +2,23 @@
 -- The guarantees named in these headers are listed in the backend module's docs
 -- (host/src/backend/mod.rs, "Guarantees").
 --
--- Key layout for one topic T (every key carries the hash tag {T}, so one topic
--- lives in one cluster slot — "any bytes"):
+-- Key layout for one topic T under prefix P, each named P{:T}:<name> (the hash
+-- tag {:T} is never empty, so one topic lives in one cluster slot — "any bytes"):
 --   users  hash   user key -> public data (JSON) currently shown for that user
 --   refs   hash   user key -> how many instances hold the user on T
 --   inst   zset   instance id -> expiry (ms, Redis clock) of that instance's hold on T
---   held:I set    user keys instance I holds on T (I is 16 hex chars, never parsed)
+--   holds  zset   every score 0, member = instance id .. user key: the users each
+--                 instance holds on T, one lexicographic range per instance (ids
+--                 are 16 hex chars, so the split is never ambiguous)
 --   seq    string last sequence number handed out on T (hybrid logical clock)
 --   epoch  string token replaced by clear(); absent until the first clear
--- Events go to the channel of T as JSON: {"i":instance,"s":seq,"e":kind,...}.
+-- Events go to the channel of T as JSON: {"i":instance,"s":seq,"e":kind,...},
+-- published with `publish_command` (set by the loader above this prelude:
+-- PUBLISH on one Redis, SPUBLISH on a cluster, where the channel carries the
+-- topic's hash tag and so lives on the topic's shard).
+--
+-- Every key a script touches is one of its KEYS (no name is built here from
+-- a prefix), so a cluster routes it and all of them share one slot.
 
 -- Milliseconds on Redis's own clock ("one clock"): every expiry is stamped and
 -- compared with it, so instances' clocks never matter.
@@ -39,8 +47,12 @@ local function next_seq(seq_key, now)
   return candidate
 end
 
+local function publish(channel, message)
+  redis.call(publish_command, channel, message)
+end
+
 local function publish_change(channel, instance, seq, kind, user, data)
-  redis.call('PUBLISH', channel,
+  publish(channel,
     '{"i":' .. cjson.encode(instance) .. ',"s":' .. string.format('%d', seq) ..
     ',"e":"' .. kind .. '","k":' .. cjson.encode(user) .. ',"d":' .. data .. '}')
 end
@@ -50,17 +62,24 @@ local function backstop(keys, ms)
   for _, key in ipairs(keys) do redis.call('PEXPIRE', key, ms) end
 end
 
+-- The range of `holds` members that belong to one instance: [id, next id).
+local function holds_range(instance)
+  local last = string.byte(instance, #instance)
+  return '[' .. instance, '(' .. string.sub(instance, 1, #instance - 1) .. string.char(last + 1)
+end
+
 -- Sweep ("crash expiry"): every instance whose hold expired loses it; each user
 -- whose last holder that was leaves, with exactly one `leave` published —
 -- the script is atomic, so concurrent sweepers cannot both see the same hold.
 -- The leave is attributed to the dead instance, so the sweeper also receives it.
 -- Returns how many users left.
-local function sweep(users, refs, inst, seq, held_prefix, channel, now)
+local function sweep(users, refs, inst, holds, seq, channel, now)
   local dead = redis.call('ZRANGEBYSCORE', inst, '-inf', now)
   local left = 0
   for _, instance in ipairs(dead) do
-    local held = held_prefix .. instance
-    for _, user in ipairs(redis.call('SMEMBERS', held)) do
+    local from, to = holds_range(instance)
+    for _, hold in ipairs(redis.call('ZRANGEBYLEX', holds, from, to)) do
+      local user = string.sub(hold, #instance + 1)
       if redis.call('HINCRBY', refs, user, -1) <= 0 then
         redis.call('HDEL', refs, user)
         local data = redis.call('HGET', users, user) or 'null'
@@ -69,7 +88,7 @@ local function sweep(users, refs, inst, seq, held_prefix, channel, now)
         left = left + 1
       end
     end
-    redis.call('DEL', held)
+    redis.call('ZREMRANGEBYLEX', holds, from, to)
     redis.call('ZREM', inst, instance)
   end
   return left

@@ -1,25 +1,58 @@
 //! The Lua scripts, each built once from its `.lua` file (with the shared
 //! prelude) and called by SHA, and their typed replies.
+//!
+//! There are two builds of the set, told apart by how they announce changes:
+//! `PUBLISH` on one Redis, `SPUBLISH` (sharded pub/sub, Redis 7+) on a
+//! cluster, where the channel carries the topic's hash tag and so lives on the
+//! topic's own shard instead of being broadcast to every node.
 
 use redis::{FromRedisValue, ParsingError, Script, Value};
 use std::sync::LazyLock;
 
-macro_rules! script {
-    ($file:literal) => {
-        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), include_str!($file))))
-    };
+/// The presence scripts of one publish mode.
+pub struct Scripts {
+    pub join: Script,
+    pub leave: Script,
+    pub tick: Script,
+    pub snapshot: Script,
+    pub count: Script,
+    pub clear: Script,
 }
 
-pub static JOIN: LazyLock<Script> = script!("join.lua");
-pub static LEAVE: LazyLock<Script> = script!("leave.lua");
-pub static TICK: LazyLock<Script> = script!("tick.lua");
-pub static SNAPSHOT: LazyLock<Script> = script!("snapshot.lua");
-pub static COUNT: LazyLock<Script> = script!("count.lua");
-pub static CLEAR: LazyLock<Script> = script!("clear.lua");
+/// Each script's file name and text, in the order of [`Scripts::all`].
+pub const SOURCES: [(&str, &str); 6] = [
+    ("join.lua", include_str!("join.lua")),
+    ("leave.lua", include_str!("leave.lua")),
+    ("tick.lua", include_str!("tick.lua")),
+    ("snapshot.lua", include_str!("snapshot.lua")),
+    ("count.lua", include_str!("count.lua")),
+    ("clear.lua", include_str!("clear.lua")),
+];
 
-/// Every script, for loading after a NOSCRIPT (Redis restarted or flushed).
-pub fn all() -> [&'static Script; 6] {
-    [&JOIN, &LEAVE, &TICK, &SNAPSHOT, &COUNT, &CLEAR]
+impl Scripts {
+    fn build(publish_command: &str) -> Self {
+        let [join, leave, tick, snapshot, count, clear] = SOURCES.map(|(_, body)| {
+            Script::new(&format!("local publish_command = '{publish_command}'\n{}{body}", include_str!("prelude.lua")))
+        });
+        Self { join, leave, tick, snapshot, count, clear }
+    }
+
+    /// The scripts that publish with `PUBLISH` (one Redis) or, when
+    /// `sharded`, with `SPUBLISH` (a cluster).
+    pub fn get(sharded: bool) -> &'static Scripts {
+        static PLAIN: LazyLock<Scripts> = LazyLock::new(|| Scripts::build("PUBLISH"));
+        static SHARDED: LazyLock<Scripts> = LazyLock::new(|| Scripts::build("SPUBLISH"));
+        if sharded {
+            &SHARDED
+        } else {
+            &PLAIN
+        }
+    }
+
+    /// Every script, for loading after a NOSCRIPT (Redis restarted or flushed).
+    pub fn all(&self) -> [&Script; 6] {
+        [&self.join, &self.leave, &self.tick, &self.snapshot, &self.count, &self.clear]
+    }
 }
 
 fn text(value: &Value) -> Result<String, ParsingError> {

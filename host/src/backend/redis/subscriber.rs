@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// First wait after a failed session; doubles per failure.
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between reconnects; a session that lasted this long resets the backoff.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Channels per SUBSCRIBE when resubscribing.
 const SUBSCRIBE_BATCH: usize = 256;
 
@@ -37,8 +37,8 @@ pub(super) enum Command {
 /// Handle to the subscriber task; dropping it stops the task.
 pub(super) struct Subscriber {
     pub commands: mpsc::UnboundedSender<Command>,
-    connected: Arc<AtomicBool>,
-    task: JoinHandle<()>,
+    pub(super) connected: Arc<AtomicBool>,
+    pub(super) task: JoinHandle<()>,
 }
 
 impl Drop for Subscriber {
@@ -81,7 +81,7 @@ impl Subscriber {
     }
 }
 
-fn unavailable(reason: impl ToString) -> BackendError {
+pub(super) fn unavailable(reason: impl ToString) -> BackendError {
     BackendError::Unavailable { op: "subscribe", reason: reason.to_string() }
 }
 
@@ -225,7 +225,7 @@ struct Wire<'a> {
     p: String,
 }
 
-fn parse(topic: &str, payload: &[u8]) -> Result<BackendEvent, String> {
+pub(super) fn parse(topic: &str, payload: &[u8]) -> Result<BackendEvent, String> {
     let wire: Wire = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
     let kind = match wire.e {
         "join" => ChangeKind::Join,

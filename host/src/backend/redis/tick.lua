@@ -3,13 +3,13 @@
 -- report the topic's state. O(1) in the users held ("one round trip"); the
 -- engine pipelines one call per topic.
 --
--- KEYS: 1 users, 2 refs, 3 inst, 4 held:<this instance>, 5 seq, 6 epoch
+-- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch
 -- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms; 0 = not due this tick: the
 --         instance refreshes it every quarter of its length, not every tick),
 --       4 epoch this instance knows ('' = none), 5 channel,
 --       6 how many users this instance believes it holds here (0: it only
---         observes), 7 prefix of held:<instance> keys (same hash tag, same slot),
---       8 the instance's own clock (ms), only to report how far off it is
+--         observes), 7 the instance's own clock (ms), only to report how far
+--         off it is
 -- Reply: {'alive'|'lost'|'cleared', epoch or '', seq, members, redis now (ms)}
 --   lost:    some or all of the holds are gone (Redis lost its data, or this
 --            instance was cut off longer than ttl and swept) and no clear()
@@ -21,7 +21,7 @@
 --   seq, members: the topic's latest sequence number (0 when Redis has none)
 --            and unique users, so the instance can tell its replica drifted.
 local instance, ttl, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local known_epoch, channel, believed, held_prefix = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local known_epoch, channel, believed = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local now = redis_now()
 
 local epoch = redis.call('GET', KEYS[6])
@@ -33,7 +33,7 @@ elseif believed > 0 then
       and not redis.call('ZSCORE', KEYS[3], instance) then
     status = 'lost'
   else
-    if redis.call('SCARD', KEYS[4]) < believed then status = 'lost' end
+    if redis.call('ZLEXCOUNT', KEYS[4], holds_range(instance)) < believed then status = 'lost' end
     if keep > 0 then
       backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, keep)
       if epoch then redis.call('PEXPIRE', KEYS[6], keep) end
@@ -41,6 +41,6 @@ elseif believed > 0 then
   end
 end
 
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[5], held_prefix, channel, now)
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], channel, now)
 local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
 return {status, epoch or '', seq, redis.call('HLEN', KEYS[1]), now}

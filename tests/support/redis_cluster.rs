@@ -1,0 +1,263 @@
+//! A real Redis Cluster: six `redis-server`s (three masters, three replicas)
+//! on free ports, joined with `redis-cli --cluster create`. Tests can kill a
+//! master (its replica takes over), move slots, and look at which node holds
+//! what. Dropping it kills every node; [`shared_cluster`] is one cluster a
+//! whole test binary shares, its nodes killed when the binary exits.
+
+use super::redis_server::{RedisServer, Spec};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long the cluster may take to agree on its state.
+const SETTLE: Duration = Duration::from_secs(30);
+
+pub struct RedisCluster {
+    nodes: BTreeMap<u16, RedisServer>,
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = rand::random_range(20000..30000u16);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
+/// One master as `CLUSTER NODES` lists it.
+#[derive(Debug, Clone)]
+pub struct Master {
+    pub port: u16,
+    pub id: String,
+    pub slots: usize,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        Self::start_spec(false)
+    }
+
+    fn start_spec(die_with_thread: bool) -> Self {
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let port = free_cluster_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            // The other shards keep serving while one fails over.
+            "--cluster-require-full-coverage",
+            "no",
+            "--cluster-replica-validity-factor",
+            "0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let nodes = ports
+            .iter()
+            .map(|&port| {
+                (port, RedisServer::start_with(port, Spec { args: args.clone(), die_with_thread, ..Spec::default() }))
+            })
+            .collect();
+        let cluster = Self { nodes };
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster.wait_settled();
+        cluster
+    }
+
+    /// Comma-separated URLs of every live node: the seed list `--redis` takes.
+    pub fn urls(&self) -> String {
+        self.nodes.keys().map(|p| format!("redis://127.0.0.1:{p}/")).collect::<Vec<_>>().join(",")
+    }
+
+    /// One live node's URL (a single seed: the backend finds the cluster).
+    pub fn seed_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.nodes.keys().next().expect("a live node"))
+    }
+
+    /// A plain connection to one node.
+    pub fn connection(&self, port: u16) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to cluster node")
+    }
+
+    fn try_query<T: redis::FromRedisValue>(&self, port: u16, cmd: &redis::Cmd) -> Option<T> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        cmd.query(&mut conn).ok()
+    }
+
+    /// Every live node sees the cluster as ok, the same masters cover all
+    /// slots, and every master has a replica in sync.
+    pub fn settled(&self) -> bool {
+        let views: Vec<Option<Vec<Master>>> = self.nodes.keys().map(|&p| self.masters_seen_by(p)).collect();
+        let Some(Some(first)) = views.first() else { return false };
+        let ports = |m: &Vec<Master>| m.iter().map(|m| (m.port, m.slots)).collect::<Vec<_>>();
+        let agreed = views.iter().all(|v| v.as_ref().is_some_and(|v| ports(v) == ports(first)));
+        let covered = first.iter().map(|m| m.slots).sum::<usize>() == 16384;
+        let ok = self.nodes.keys().all(|&p| {
+            self.try_query::<String>(p, redis::cmd("CLUSTER").arg("INFO"))
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+        });
+        let replicas_synced = self.nodes.keys().filter(|p| !first.iter().any(|m| m.port == **p)).all(|&p| {
+            self.try_query::<String>(p, redis::cmd("INFO").arg("replication"))
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        });
+        agreed && covered && ok && replicas_synced
+    }
+
+    pub fn wait_settled(&self) {
+        let deadline = Instant::now() + SETTLE;
+        while Instant::now() < deadline {
+            if self.settled() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not settle within {SETTLE:?}: {:#?}", self.masters());
+    }
+
+    fn masters_seen_by(&self, port: u16) -> Option<Vec<Master>> {
+        let nodes: String = self.try_query(port, redis::cmd("CLUSTER").arg("NODES"))?;
+        let mut masters: Vec<Master> = nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") || flags.contains("noaddr") {
+                    return None;
+                }
+                let port = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                let slots = fields[8..]
+                    .iter()
+                    .filter(|s| !s.starts_with('['))
+                    .map(|range| match range.split_once('-') {
+                        Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
+                        None => 1,
+                    })
+                    .sum();
+                Some(Master { port, id: fields[0].to_owned(), slots })
+            })
+            .filter(|m| m.slots > 0)
+            .collect();
+        masters.sort_by_key(|m| m.port);
+        Some(masters)
+    }
+
+    /// The masters serving slots, as a live node sees them.
+    pub fn masters(&self) -> Vec<Master> {
+        self.nodes.keys().find_map(|&p| self.masters_seen_by(p)).unwrap_or_default()
+    }
+
+    /// The master serving `key`'s slot.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let port = *self.nodes.keys().next().expect("a live node");
+        let slot: u16 = self.try_query(port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).expect("CLUSTER KEYSLOT");
+        let slots: redis::Value = self.try_query(port, redis::cmd("CLUSTER").arg("SLOTS")).expect("CLUSTER SLOTS");
+        let redis::Value::Array(ranges) = slots else { panic!("CLUSTER SLOTS: {slots:?}") };
+        for range in ranges {
+            let redis::Value::Array(fields) = range else { continue };
+            let (redis::Value::Int(a), redis::Value::Int(b), redis::Value::Array(master)) =
+                (&fields[0], &fields[1], &fields[2])
+            else {
+                continue;
+            };
+            if (*a..=*b).contains(&(slot as i64)) {
+                let redis::Value::Int(port) = master[1] else { panic!("port") };
+                return port as u16;
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+
+    /// How many keys each master holds.
+    pub fn keys_per_master(&self) -> BTreeMap<u16, u64> {
+        self.masters()
+            .iter()
+            .map(|m| (m.port, self.try_query(m.port, &redis::cmd("DBSIZE")).expect("DBSIZE")))
+            .collect()
+    }
+
+    /// SIGKILL one node (no shutdown, no save): its replica must take over.
+    pub fn kill(&mut self, port: u16) {
+        let mut node = self.nodes.remove(&port).expect("a node of this cluster");
+        node.kill();
+    }
+
+    /// Run `redis-cli --cluster <args…>` against a live node; panics with
+    /// its output when it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = *self.nodes.keys().next().expect("a live node");
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg(args[0])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(&args[1..])
+            .output()
+            .expect("redis-cli");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "redis-cli --cluster {args:?} failed:\n{text}");
+        text
+    }
+}
+
+/// One cluster for every test of this binary that only needs a healthy one
+/// (each uses its own key prefix). Its nodes are started by a thread that
+/// lives as long as the process, and the kernel kills them when it ends.
+pub fn shared_cluster() -> &'static str {
+    static URLS: OnceLock<String> = OnceLock::new();
+    URLS.get_or_init(|| {
+        remove_dirs_of_dead_runs();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cluster = RedisCluster::start_spec(true);
+            tx.send(cluster.urls()).expect("test thread waits");
+            // Keep the nodes (and this thread, their kernel-side parent).
+            std::mem::forget(cluster);
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the shared cluster started")
+    })
+}
+
+/// Shared clusters are never dropped, so their directories stay behind:
+/// remove the ones whose test process is gone.
+fn remove_dirs_of_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("presence-redis-").and_then(|rest| rest.rsplit('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
