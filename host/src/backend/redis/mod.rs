@@ -38,6 +38,7 @@ mod subscriber;
 
 pub use connection::{RedisConnection, Topology};
 pub use keys::TopicKeys;
+pub use slots::slot_of as key_slot;
 
 use super::{
     backstop, now_ms, Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, HoldTerms, JoinOutcome,
@@ -46,7 +47,7 @@ use super::{
 use async_trait::async_trait;
 use connection::Endpoint;
 use redis::{FromRedisValue, RedisError};
-use scripts::Scripts;
+use scripts::{Call, Scripts};
 use slots::{Node, SlotTable};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -55,8 +56,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 use subscriber::{Command, Subscriber};
 use tokio::sync::{mpsc, oneshot};
-
-type ScriptCall = redis::ScriptInvocation<'static>;
 
 /// How to reach Redis and name our keys.
 #[derive(Debug, Clone)]
@@ -117,7 +116,17 @@ pub struct RedisBackend {
 pub(crate) fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
     if e.is_timeout() {
         BackendError::Timeout { op, after: timeout }
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+    } else if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        // A cluster between owners of a slot (failover, migration): transient.
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::ClusterConnectionNotFound
+                | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown | redis::ServerErrorKind::BusyLoading)
+        )
+    {
         BackendError::Unavailable { op, reason: e.to_string() }
     } else {
         BackendError::Protocol { op, reason: e.to_string() }
@@ -162,7 +171,14 @@ impl RedisBackend {
         // Load every script up front (on a cluster, on every node), so
         // pipelined calls, which cannot load on demand, find them; after a
         // Redis restart `pipeline` reloads.
-        backend.load_scripts("connect").await?;
+        if let Err(e) = backend.load_scripts("connect", None).await {
+            // On a cluster with a node down, the others still work: each
+            // call loads its script where it runs (`EVAL` after NOSCRIPT).
+            if backend.topology() == Topology::Single {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "redis cluster: scripts not loaded on every node; loading them on demand");
+        }
         Ok(backend)
     }
 
@@ -171,10 +187,20 @@ impl RedisBackend {
         self.endpoint.topology
     }
 
-    async fn load_scripts(&self, op: &'static str) -> Result<(), BackendError> {
+    /// Load every script where `key` lives (its slot's master on a
+    /// cluster; `None`: on one node, or on every node of a cluster).
+    async fn load_scripts(&self, op: &'static str, key: Option<&[u8]>) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
-        for script in self.scripts.all() {
-            self.bounded(op, script.load_async(&mut conn)).await?;
+        for lua in self.scripts.all() {
+            let _: redis::Value = match (&mut conn, key) {
+                (RedisConnection::Cluster(cluster), Some(key)) => {
+                    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                    let route = Route::new(slots::slot_of(key), SlotAddr::Master);
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    self.bounded(op, cluster.route_command(lua.load(), routing)).await?
+                }
+                (conn, _) => self.bounded(op, lua.load().query_async(conn)).await?,
+            };
         }
         Ok(())
     }
@@ -210,9 +236,9 @@ impl RedisBackend {
         }
     }
 
-    fn join_call(&self, topic: &str, key: &str, data: &str, epoch: Option<&str>, terms: HoldTerms) -> ScriptCall {
+    fn join_call(&self, topic: &str, key: &str, data: &str, epoch: Option<&str>, terms: HoldTerms) -> Call {
         let k = self.keys(topic);
-        let mut call = self.scripts.join.prepare_invoke();
+        let mut call = self.scripts.join.call();
         call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
         call.arg(&self.instance).arg(key).arg(data).arg(terms.ttl.as_millis() as u64);
         call.arg(backstop(terms.ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
@@ -220,9 +246,9 @@ impl RedisBackend {
         call
     }
 
-    fn leave_call(&self, topic: &str, key: &str) -> ScriptCall {
+    fn leave_call(&self, topic: &str, key: &str) -> Call {
         let k = self.keys(topic);
-        let mut call = self.scripts.leave.prepare_invoke();
+        let mut call = self.scripts.leave.call();
         call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq);
         // The backstop only needs to outlive the other holders' next tick.
         call.arg(&self.instance).arg(key).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(&k.channel);
@@ -233,7 +259,7 @@ impl RedisBackend {
     /// scripts directly (the benchmark's `redis-benchmark` baseline).
     pub fn script_hashes(topology: Topology) -> [(&'static str, &'static str); 6] {
         let all = Scripts::get(topology == Topology::Cluster).all();
-        std::array::from_fn(|i| (scripts::SOURCES[i].0.trim_end_matches(".lua"), all[i].get_hash()))
+        std::array::from_fn(|i| (scripts::SOURCES[i].0.trim_end_matches(".lua"), all[i].script.get_hash()))
     }
 
     /// Every script's file name and source text (without the prelude), for
@@ -271,18 +297,34 @@ impl RedisBackend {
         }
     }
 
-    async fn invoke<T: FromRedisValue>(&self, op: &'static str, invocation: ScriptCall) -> Result<T, BackendError> {
+    /// Run one script call; after a NOSCRIPT (the node restarted, or is a
+    /// promoted replica), `EVAL` it there, which also loads it.
+    async fn invoke<T: FromRedisValue>(&self, op: &'static str, call: Call) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
-        self.bounded(op, invocation.invoke_async(&mut conn)).await
+        self.bounded(op, async {
+            match call.evalsha().query_async(&mut conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    call.eval().query_async(&mut conn).await
+                }
+                result => result,
+            }
+        })
+        .await
     }
 
-    /// Run a pipeline of script calls; after a NOSCRIPT (Redis restarted),
-    /// load every script and try once more.
-    async fn pipeline<T: FromRedisValue>(&self, op: &'static str, pipe: &redis::Pipeline) -> Result<T, BackendError> {
+    /// Run a pipeline of script calls on the node of `key`; after a NOSCRIPT
+    /// (the node restarted, or is a promoted replica), load every script
+    /// there and try once more.
+    async fn pipeline<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        key: Option<&[u8]>,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.load_scripts(op).await?;
+                self.load_scripts(op, key).await?;
                 self.bounded(op, pipe.query_async::<T>(&mut conn)).await
             }
             Ok(result) => result.map_err(|e| map_err(op, self.timeout, e)),
@@ -312,16 +354,16 @@ impl RedisBackend {
         op: &'static str,
         topics: &[&str],
         chunk: usize,
-        call: impl Fn(usize) -> ScriptCall,
+        call: impl Fn(usize) -> Call,
     ) -> Result<Vec<redis::Value>, BackendError> {
         if self.endpoint.topology == Topology::Single {
             let mut replies = Vec::with_capacity(topics.len());
             for start in (0..topics.len()).step_by(chunk) {
                 let mut pipe = redis::pipe();
                 for i in start..(start + chunk).min(topics.len()) {
-                    pipe.invoke_script(&call(i));
+                    pipe.add_command(call(i).evalsha());
                 }
-                replies.extend(self.pipeline::<Vec<redis::Value>>(op, &pipe).await?);
+                replies.extend(self.pipeline::<Vec<redis::Value>>(op, None, &pipe).await?);
             }
             return Ok(replies);
         }
@@ -337,7 +379,7 @@ impl RedisBackend {
         let sent = futures::future::join_all(batches.map(|(node, indices)| {
             let mut pipe = redis::pipe();
             for &i in indices {
-                pipe.invoke_script(&call(i));
+                pipe.add_command(call(i).evalsha());
             }
             let mut conn = self.conn.clone();
             async move {
@@ -409,12 +451,16 @@ impl Backend for RedisBackend {
         for batch in changes.chunks(512) {
             let mut pipe = redis::pipe();
             for change in batch {
-                pipe.invoke_script(&match *change {
-                    HoldChange::Assert { key, data } => self.join_call(topic, key, data, epoch, terms),
-                    HoldChange::Release { key } => self.leave_call(topic, key),
-                });
+                pipe.add_command(
+                    match *change {
+                        HoldChange::Assert { key, data } => self.join_call(topic, key, data, epoch, terms),
+                        HoldChange::Release { key } => self.leave_call(topic, key),
+                    }
+                    .evalsha(),
+                );
             }
-            let replies: Vec<redis::Value> = self.pipeline("apply", &pipe).await?;
+            let users_key = self.keys(topic).users;
+            let replies: Vec<redis::Value> = self.pipeline("apply", Some(users_key.as_bytes()), &pipe).await?;
             for (change, reply) in batch.iter().zip(replies) {
                 let parsed = match change {
                     HoldChange::Assert { .. } => {
@@ -432,7 +478,7 @@ impl Backend for RedisBackend {
 
     async fn snapshot(&self, topic: &str, seen: u64) -> Result<Snapshot, BackendError> {
         let k = self.keys(topic);
-        let mut call = self.scripts.snapshot.prepare_invoke();
+        let mut call = self.scripts.snapshot.call();
         call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
         call.arg(&k.channel).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(seen);
         let scripts::SnapshotReply(snapshot) = self.invoke("snapshot", call).await?;
@@ -441,7 +487,7 @@ impl Backend for RedisBackend {
 
     async fn count(&self, topic: &str) -> Result<u64, BackendError> {
         let k = self.keys(topic);
-        let mut call = self.scripts.count.prepare_invoke();
+        let mut call = self.scripts.count.call();
         call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq);
         call.arg(&k.channel);
         self.invoke("count", call).await
@@ -456,7 +502,7 @@ impl Backend for RedisBackend {
             .batched("tick", &names, 512, |i| {
                 let item = &topics[i];
                 let k = self.keys(&item.topic);
-                let mut call = self.scripts.tick.prepare_invoke();
+                let mut call = self.scripts.tick.call();
                 call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
                 call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(keep);
                 call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held).arg(local_now);
@@ -518,7 +564,7 @@ impl Backend for RedisBackend {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         self.batched("clear", &topics, 256, |i| {
             let k = self.keys(topics[i]);
-            let mut call = self.scripts.clear.prepare_invoke();
+            let mut call = self.scripts.clear.call();
             call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
             call.arg(&self.instance).arg(&epoch).arg(keep).arg(&k.channel);
             call

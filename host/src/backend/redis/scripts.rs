@@ -9,14 +9,77 @@
 use redis::{FromRedisValue, ParsingError, Script, Value};
 use std::sync::LazyLock;
 
+/// One script: its text (for `EVAL` and `SCRIPT LOAD`) and its SHA1.
+pub struct Lua {
+    pub text: String,
+    pub script: Script,
+}
+
+impl Lua {
+    fn new(text: String) -> Self {
+        let script = Script::new(&text);
+        Self { text, script }
+    }
+
+    /// A call of this script, to fill with keys and arguments.
+    pub fn call(&'static self) -> Call {
+        Call { lua: self, keys: Vec::new(), args: Vec::new() }
+    }
+
+    /// `SCRIPT LOAD` of this script.
+    pub fn load(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("SCRIPT");
+        cmd.arg("LOAD").arg(&self.text);
+        cmd
+    }
+}
+
+/// One call of a script: `EVALSHA` normally, `EVAL` when the node that owns
+/// its keys has not seen the script (a restarted node, a promoted replica).
+/// Both are routed by the first key, so neither needs every node of a
+/// cluster to answer (as `SCRIPT LOAD` to all nodes would).
+pub struct Call {
+    lua: &'static Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    pub fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn command(&self, verb: &str, body: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(body).arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+
+    /// `EVALSHA`, for pipelines and the first try.
+    pub fn evalsha(&self) -> redis::Cmd {
+        self.command("EVALSHA", self.lua.script.get_hash())
+    }
+
+    /// `EVAL` with the whole text: loads the script where it runs.
+    pub fn eval(&self) -> redis::Cmd {
+        self.command("EVAL", &self.lua.text)
+    }
+}
+
 /// The presence scripts of one publish mode.
 pub struct Scripts {
-    pub join: Script,
-    pub leave: Script,
-    pub tick: Script,
-    pub snapshot: Script,
-    pub count: Script,
-    pub clear: Script,
+    pub join: Lua,
+    pub leave: Lua,
+    pub tick: Lua,
+    pub snapshot: Lua,
+    pub count: Lua,
+    pub clear: Lua,
 }
 
 /// Each script's file name and text, in the order of [`Scripts::all`].
@@ -32,7 +95,7 @@ pub const SOURCES: [(&str, &str); 6] = [
 impl Scripts {
     fn build(publish_command: &str) -> Self {
         let [join, leave, tick, snapshot, count, clear] = SOURCES.map(|(_, body)| {
-            Script::new(&format!("local publish_command = '{publish_command}'\n{}{body}", include_str!("prelude.lua")))
+            Lua::new(format!("local publish_command = '{publish_command}'\n{}{body}", include_str!("prelude.lua")))
         });
         Self { join, leave, tick, snapshot, count, clear }
     }
@@ -50,7 +113,7 @@ impl Scripts {
     }
 
     /// Every script, for loading after a NOSCRIPT (Redis restarted or flushed).
-    pub fn all(&self) -> [&Script; 6] {
+    pub fn all(&self) -> [&Lua; 6] {
         [&self.join, &self.leave, &self.tick, &self.snapshot, &self.count, &self.clear]
     }
 }

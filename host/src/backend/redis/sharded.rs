@@ -14,22 +14,34 @@
 //!   that slot with a server-sent `SUNSUBSCRIBE`, which the client takes as
 //!   final. A channel still watched is subscribed again (the client routes it
 //!   to the new owner, retrying until one answers) and then re-read.
+//! - **Failovers.** The client only re-reads the topology when a request
+//!   fails, and this connection sends none once it is subscribed: a master
+//!   that died would keep its channels unsubscribed forever. So the task reads
+//!   the slot table itself (every second, and four times a second for a while
+//!   after a connection dropped) and subscribes again each channel whose slot
+//!   has a new master; the confirmation then re-reads that topic.
 
 use super::connection::Endpoint;
 use super::keys::topic_of_channel;
+use super::slots::{slot_of, Node, SlotTable};
 use super::subscriber::{parse, unavailable, Command, Subscriber, MAX_BACKOFF, MIN_BACKOFF};
 use crate::backend::{BackendError, BackendEvent};
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How often channels the server ended are tried again while their slot has
-/// no reachable owner.
+/// no reachable owner, and the slot table is read after a connection dropped.
 const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
+/// How often the slot table is read otherwise.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
+/// How long after a dropped connection the table is read at the fast pace
+/// (a failover takes about `cluster-node-timeout` plus an election).
+const WATCH_AFTER_DROP: Duration = Duration::from_secs(30);
 
 /// Start the sharded subscriber for a cluster.
 pub(super) fn start(
@@ -53,6 +65,10 @@ pub(super) fn start(
             watched: HashSet::new(),
             confirmed: HashSet::new(),
             lapsed: HashSet::new(),
+            owners: HashMap::new(),
+            table: None,
+            dropped_at: None,
+            checked_at: Instant::now(),
             connected: connected.clone(),
         }
         .run(),
@@ -73,6 +89,14 @@ struct Task {
     confirmed: HashSet<String>,
     /// Watched channels the server ended (slot moved), not yet subscribed again.
     lapsed: HashSet<String>,
+    /// The master each watched channel was subscribed on, as the table said.
+    owners: HashMap<String, Node>,
+    /// The slot table as last read.
+    table: Option<SlotTable>,
+    /// When a node's connection last dropped.
+    dropped_at: Option<Instant>,
+    /// When the slot table was last read.
+    checked_at: Instant,
     connected: Arc<AtomicBool>,
 }
 
@@ -88,6 +112,7 @@ impl Task {
                     Some(Command::Watch(channel, ack)) => {
                         let result = self.subscribe(&mut conn, &channel).await;
                         if result.is_ok() {
+                            self.note_owner(&channel);
                             self.watched.insert(channel);
                         }
                         let _ = ack.send(result);
@@ -96,6 +121,7 @@ impl Task {
                         self.watched.remove(&channel);
                         self.confirmed.remove(&channel);
                         self.lapsed.remove(&channel);
+                        self.owners.remove(&channel);
                         let _ = tokio::time::timeout(self.timeout, conn.sunsubscribe(&channel)).await;
                     }
                 },
@@ -103,7 +129,15 @@ impl Task {
                     None => return,
                     Some(push) => self.on_push(push),
                 },
-                _ = retry.tick(), if !self.lapsed.is_empty() => self.resubscribe_lapsed(&mut conn).await,
+                _ = retry.tick() => {
+                    if !self.lapsed.is_empty() {
+                        self.resubscribe_lapsed(&mut conn).await;
+                    }
+                    let fast = self.dropped_at.is_some_and(|at| at.elapsed() < WATCH_AFTER_DROP);
+                    if fast || self.checked_at.elapsed() >= TOPOLOGY_EVERY {
+                        self.follow_topology(&mut conn).await;
+                    }
+                }
             }
         }
     }
@@ -144,6 +178,10 @@ impl Task {
     }
 
     fn on_push(&mut self, push: PushInfo) {
+        if push.kind == PushKind::Disconnection {
+            self.dropped_at = Some(Instant::now());
+            return;
+        }
         let channel = match push.data.first() {
             Some(Value::BulkString(name)) => String::from_utf8_lossy(name).into_owned(),
             _ => return,
@@ -162,22 +200,64 @@ impl Task {
                     Err(e) => tracing::warn!(topic, error = %e, "redis cluster subscriber: malformed event ignored"),
                 }
             }
-            PushKind::SSubscribe if self.watched.contains(&channel) => {
-                // Confirmed before: this is the client subscribing it again
-                // after its node came back or its slot moved.
-                if !self.confirmed.insert(channel.clone()) {
-                    if let Some(topic) = topic_of_channel(&self.prefix, &channel) {
-                        tracing::info!(topic, "redis cluster subscriber: topic's shard changed; re-reading it");
-                        let _ = self.events.send(BackendEvent::TopicResynced { topic: topic.to_owned() });
-                    }
-                }
-            }
+            PushKind::SSubscribe if self.watched.contains(&channel) => self.confirmed(channel),
             PushKind::SUnsubscribe if self.watched.contains(&channel) => {
                 // Not ours (an unwatch forgets the channel first): the
                 // server ended it because its slot moved away.
                 self.lapsed.insert(channel);
             }
             _ => {}
+        }
+    }
+
+    /// The server confirmed a watched channel. Confirmed before: this is a
+    /// subscription made again (its node came back, its slot moved), and
+    /// what was published meanwhile is lost: re-read the topic.
+    fn confirmed(&mut self, channel: String) {
+        let Some(topic) = topic_of_channel(&self.prefix, &channel).map(str::to_owned) else { return };
+        if !self.confirmed.insert(channel) {
+            tracing::info!(topic, "redis cluster subscriber: topic's shard changed; re-reading it");
+            let _ = self.events.send(BackendEvent::TopicResynced { topic });
+        }
+    }
+
+    /// Remember which master `channel` was subscribed on.
+    fn note_owner(&mut self, channel: &str) {
+        if let Some(node) = self.table.as_ref().and_then(|t| t.node_of(slot_of(channel.as_bytes()))) {
+            self.owners.insert(channel.to_owned(), node.clone());
+        }
+    }
+
+    /// Read the slot table; subscribe again each watched channel whose slot
+    /// has another master now (its confirmation re-reads the topic).
+    async fn follow_topology(&mut self, conn: &mut ClusterConnection) {
+        self.checked_at = Instant::now();
+        let read = tokio::time::timeout(self.timeout, redis::cmd("CLUSTER").arg("SLOTS").query_async(conn)).await;
+        let Ok(Ok(reply)) = read else { return };
+        let Ok(table) = SlotTable::parse(&reply) else { return };
+        let moved: Vec<String> = self
+            .watched
+            .iter()
+            .filter(|channel| {
+                let now = table.node_of(slot_of(channel.as_bytes()));
+                now.is_some() && now != self.owners.get(*channel)
+            })
+            .cloned()
+            .collect();
+        let first_read = self.table.is_none();
+        self.table = Some(table);
+        for channel in moved {
+            if first_read && !self.owners.contains_key(&channel) {
+                // Subscribed before any table was read: just note where.
+                self.note_owner(&channel);
+                continue;
+            }
+            match self.subscribe(conn, &channel).await {
+                Ok(()) => self.note_owner(&channel),
+                Err(e) => {
+                    tracing::debug!(%channel, error = %e, "redis cluster subscriber: new master not reachable yet")
+                }
+            }
         }
     }
 
@@ -189,6 +269,7 @@ impl Task {
             match self.subscribe(conn, &channel).await {
                 Ok(()) => {
                     self.lapsed.remove(&channel);
+                    self.note_owner(&channel);
                 }
                 Err(e) => tracing::debug!(%channel, error = %e, "redis cluster subscriber: channel not back yet"),
             }
