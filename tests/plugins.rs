@@ -325,15 +325,38 @@ async fn token_gate_authenticates_and_authorizes_by_role() {
 /// rate-limited per user across two instances sharing one Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
-    use presence::backend::redis::{RedisBackend, RedisOptions};
-    use presence::plugin::kv::RedisKv;
     let server = RedisServer::start();
+    rooms_guest_across_instances(presence::backend::redis::RedisOptions::new(server.url())).await;
+    // The counter lives under the plugin namespace, apart from presence keys,
+    // and counts against the plugin's quota.
+    let mut con = server.connection();
+    let counter: i64 = redis::cmd("GET").arg("presence#kv{presence}:v:joins:ada").query(&mut con).unwrap();
+    assert_eq!(counter, 6);
+    let keys: i64 = redis::cmd("ZCARD").arg("presence#kv{presence}:index").query(&mut con).unwrap();
+    assert_eq!(keys, 1);
+}
+
+/// The same on a three-master Redis Cluster: the plugin kv and the presence
+/// keys both live there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_guest_rate_limits_across_instances_on_a_cluster() {
+    let urls = tokio::task::spawn_blocking(shared_cluster).await.unwrap();
+    let mut options = presence::backend::redis::RedisOptions::new(urls);
+    options.prefix = format!("t{:08x}", rand::random::<u32>());
+    rooms_guest_across_instances(options).await;
+}
+
+async fn rooms_guest_across_instances(redis: presence::backend::redis::RedisOptions) {
+    use presence::backend::redis::RedisBackend;
+    use presence::plugin::kv::{PluginKv, RedisKv};
     let wasm = build_guest("examples/rooms-guest");
     let mut instances = Vec::new();
+    let mut stores = Vec::new();
     for _ in 0..2 {
-        let backend = RedisBackend::connect(RedisOptions::new(server.url())).await.unwrap();
-        let kv = RedisKv::connect(&RedisOptions::new(server.url()), Default::default()).await;
+        let backend = RedisBackend::connect(redis.clone()).await.unwrap();
+        let kv = RedisKv::connect(&redis, Default::default()).await;
         let kv = Arc::new(kv.expect("kv connects"));
+        stores.push(kv.clone());
         let plugin = PluginHost::start(PluginConfig::new(&wasm), kv).await.unwrap();
         let hub = Hub::new();
         let options = Options { select: Some(plugin.select_fn()), ..fast_options() };
@@ -361,13 +384,9 @@ async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
     let refused = plugin.on_subscribe(conn, &user, "room-5").await.unwrap_err();
     assert!(refused.contains("rate limited"), "{refused}");
     assert_eq!(presence.count("room-5").await.unwrap(), 0);
-    // The counter lives under the plugin namespace, apart from presence keys,
-    // and counts against the plugin's quota.
-    let mut con = server.connection();
-    let counter: i64 = redis::cmd("GET").arg("presence#kv{presence}:v:joins:ada").query(&mut con).unwrap();
-    assert_eq!(counter, 6);
-    let keys: i64 = redis::cmd("ZCARD").arg("presence#kv{presence}:index").query(&mut con).unwrap();
-    assert_eq!(keys, 1);
+    for kv in stores {
+        assert_eq!(kv.get("joins:ada").await.unwrap().as_deref(), Some("6"), "both instances see one counter");
+    }
 }
 
 /// The same `select` policy written in Python (componentize-py) loads and

@@ -37,7 +37,20 @@ fn is(kind: &'static str, topic: &'static str) -> impl Fn(&Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_generations_see_each_other_across_instances() {
     let redis = RedisServer::start();
-    let shared = ServerConfig { redis: Some(presence::backend::redis::RedisOptions::new(redis.url())), ..config() };
+    both_generations_across_instances_on(&redis.url()).await;
+}
+
+/// The same, with both instances on a three-master Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_generations_see_each_other_across_instances_on_a_cluster() {
+    let urls = tokio::task::spawn_blocking(shared_cluster).await.unwrap();
+    both_generations_across_instances_on(urls).await;
+}
+
+async fn both_generations_across_instances_on(redis_url: &str) {
+    let mut redis = presence::backend::redis::RedisOptions::new(redis_url);
+    redis.prefix = format!("t{:08x}", rand::random::<u32>());
+    let shared = ServerConfig { redis: Some(redis), ..config() };
     let a = Served::start(shared.clone()).await;
     let b = Served::start(shared).await;
 

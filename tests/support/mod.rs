@@ -7,6 +7,7 @@ pub mod model;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod slow;
+pub mod tls;
 
 use presence::backend::memory::MemoryStore;
 use presence::backend::redis::{RedisBackend, RedisOptions};

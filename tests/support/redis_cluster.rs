@@ -16,6 +16,45 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 pub struct RedisCluster {
     nodes: BTreeMap<u16, RedisServer>,
+    access: Access,
+}
+
+/// How clients reach the nodes: plain, or TLS with an ACL user.
+#[derive(Clone, Default)]
+struct Access {
+    /// (CA certificate PEM, its path, user, password).
+    tls: Option<(Vec<u8>, String, String, String)>,
+}
+
+impl Access {
+    fn url(&self, port: u16) -> String {
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{port}/"),
+            Some((_, _, user, password)) => format!("rediss://{user}:{password}@127.0.0.1:{port}/"),
+        }
+    }
+
+    fn client(&self, port: u16) -> redis::Client {
+        match &self.tls {
+            None => redis::Client::open(self.url(port)).unwrap(),
+            Some((ca, ..)) => {
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
+                redis::Client::build_with_tls(self.url(port), certificates).unwrap()
+            }
+        }
+    }
+
+    /// `redis-cli` options to reach a node.
+    fn cli(&self) -> Vec<String> {
+        match &self.tls {
+            None => Vec::new(),
+            Some((_, ca_path, user, password)) => {
+                ["--tls", "--cacert", ca_path, "--user", user, "--pass", password, "--no-auth-warning"]
+                    .map(str::to_owned)
+                    .to_vec()
+            }
+        }
+    }
 }
 
 /// A port whose cluster bus port (+10000) is free too.
@@ -39,10 +78,16 @@ pub struct Master {
 
 impl RedisCluster {
     pub fn start() -> Self {
-        Self::start_spec(false)
+        Self::start_spec(false, None)
     }
 
-    fn start_spec(die_with_thread: bool) -> Self {
+    /// A cluster that speaks only TLS (clients, cluster bus, replication),
+    /// with one ACL user, `user`/`password`, and the default user off.
+    pub fn start_tls(certificates: &super::tls::Certificates, user: &str, password: &str) -> Self {
+        Self::start_spec(false, Some((certificates, user, password)))
+    }
+
+    fn start_spec(die_with_thread: bool, tls: Option<(&super::tls::Certificates, &str, &str)>) -> Self {
         let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 6 {
             let port = free_cluster_port();
@@ -65,14 +110,30 @@ impl RedisCluster {
         ]
         .map(str::to_owned)
         .to_vec();
+        let access = Access {
+            tls: tls.map(|(certs, user, password)| {
+                (certs.ca_pem(), certs.path("ca.crt"), user.to_owned(), password.to_owned())
+            }),
+        };
         let nodes = ports
             .iter()
             .map(|&port| {
-                (port, RedisServer::start_with(port, Spec { args: args.clone(), die_with_thread, ..Spec::default() }))
+                let mut args = args.clone();
+                args.extend(["--cluster-port".to_owned(), (port + 10000).to_string()]);
+                if let Some((certs, user, password)) = tls {
+                    args.extend(certs.server_args(port, user, password));
+                    args.extend(
+                        ["--tls-cluster", "yes", "--tls-replication", "yes", "--masteruser", user].map(str::to_owned),
+                    );
+                    args.extend(["--masterauth".to_owned(), password.to_owned()]);
+                }
+                let spec = Spec { args, die_with_thread, tcp_probe: tls.is_some() };
+                (port, RedisServer::start_with(port, spec))
             })
             .collect();
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, access };
         let output = Command::new("redis-cli")
+            .args(cluster.access.cli())
             .arg("--cluster")
             .arg("create")
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
@@ -91,24 +152,16 @@ impl RedisCluster {
 
     /// Comma-separated URLs of every live node: the seed list `--redis` takes.
     pub fn urls(&self) -> String {
-        self.nodes.keys().map(|p| format!("redis://127.0.0.1:{p}/")).collect::<Vec<_>>().join(",")
+        self.nodes.keys().map(|&p| self.access.url(p)).collect::<Vec<_>>().join(",")
     }
 
     /// One live node's URL (a single seed: the backend finds the cluster).
     pub fn seed_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.nodes.keys().next().expect("a live node"))
-    }
-
-    /// A plain connection to one node.
-    pub fn connection(&self, port: u16) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .expect("connect to cluster node")
+        self.access.url(*self.nodes.keys().next().expect("a live node"))
     }
 
     fn try_query<T: redis::FromRedisValue>(&self, port: u16, cmd: &redis::Cmd) -> Option<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let client = self.access.client(port);
         let mut conn = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         cmd.query(&mut conn).ok()
@@ -216,6 +269,7 @@ impl RedisCluster {
     pub fn cli(&self, args: &[&str]) -> String {
         let port = *self.nodes.keys().next().expect("a live node");
         let output = Command::new("redis-cli")
+            .args(self.access.cli())
             .arg("--cluster")
             .arg(args[0])
             .arg(format!("127.0.0.1:{port}"))
@@ -237,7 +291,7 @@ pub fn shared_cluster() -> &'static str {
         remove_dirs_of_dead_runs();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let cluster = RedisCluster::start_spec(true);
+            let cluster = RedisCluster::start_spec(true, None);
             tx.send(cluster.urls()).expect("test thread waits");
             // Keep the nodes (and this thread, their kernel-side parent).
             std::mem::forget(cluster);

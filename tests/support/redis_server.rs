@@ -27,7 +27,8 @@ pub struct Spec {
     pub die_with_thread: bool,
 }
 
-pub(crate) fn free_port() -> u16 {
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().unwrap().port()
 }
 

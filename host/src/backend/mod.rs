@@ -49,6 +49,8 @@ pub enum BackendError {
     Unavailable { op: &'static str, reason: String },
     #[error("backend sent an unexpected reply to `{op}`: {reason}")]
     Protocol { op: &'static str, reason: String },
+    #[error("Redis refused `{op}`: {reason} (check the user and password in the URL, and the user's ACL)")]
+    Refused { op: &'static str, reason: String },
     #[error("backend has been shut down")]
     Closed,
 }

@@ -12,6 +12,7 @@
 //! `--insecure-demo-auth`.
 
 use clap::Parser;
+use presence::backend::redis::connection::redact;
 use presence::backend::redis::RedisOptions;
 use presence::plugin::kv::Quota;
 use presence::plugin::{Limits, PluginConfig};
@@ -30,9 +31,16 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, env = "PRESENCE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Redis URL shared by every instance; without it, presence lives in this process only.
+    /// Redis shared by every instance; without it, presence lives in this
+    /// process only. `redis://[user:password@]host:port/db`, `rediss://` for
+    /// TLS; a Redis Cluster by several seed URLs separated by commas, or by
+    /// any one of its nodes (found out at startup).
     #[arg(long, env = "PRESENCE_REDIS")]
     redis: Option<String>,
+    /// PEM file of the CA(s) to trust for `rediss://`, besides the system's
+    /// (a managed service's or your own private CA).
+    #[arg(long, env = "PRESENCE_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "PRESENCE_PREFIX", default_value = "presence")]
     prefix: String,
@@ -163,8 +171,15 @@ impl Cli {
             }
             None => None,
         };
+        let tls_ca = match &self.redis_ca_file {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("--redis-ca-file {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
         let redis = self.redis.as_ref().map(|url| RedisOptions {
             url: url.clone(),
+            tls_ca,
             prefix: self.prefix.clone(),
             timeout: Duration::from_millis(self.redis_timeout_ms),
             ..RedisOptions::new(url.clone())
@@ -237,7 +252,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
     let address = listener.local_addr()?;
-    let backend = cli.redis.as_deref().unwrap_or("in-memory (this process only)");
+    // Never the password: URLs may carry one.
+    let backend = cli.redis.as_deref().map_or("in-memory (this process only)".into(), redact);
     let plugin = cli.plugin.as_ref().map_or("none (query-string demo auth)".into(), |p| p.display().to_string());
     tracing::info!(%address, backend, plugin, "presenced ready");
     println!("presenced: demo page at http://{address}/  (WebSocket at ws://{address}/ws)");

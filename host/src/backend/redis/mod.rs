@@ -116,6 +116,11 @@ pub struct RedisBackend {
 pub(crate) fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
     if e.is_timeout() {
         BackendError::Timeout { op, after: timeout }
+    } else if matches!(
+        e.kind(),
+        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+    ) {
+        BackendError::Refused { op, reason: e.to_string() }
     } else if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
