@@ -250,6 +250,16 @@ impl Load {
         Ok(())
     }
 
+    /// `steps` join/leave steps.
+    async fn churn_steps(&mut self, steps: usize) -> usize {
+        let mut n = 0;
+        self.churn_until(move || {
+            n += 1;
+            n > steps
+        })
+        .await
+    }
+
     /// Wait (with the test deadline) until [`Load::converged`]; how long it took.
     async fn wait_converged(&mut self, what: &str) -> Duration {
         let started = Instant::now();
@@ -296,14 +306,7 @@ async fn a_master_killed_under_load_fails_over_without_losing_anyone() {
     assert_eq!(backend.topology(), Topology::Cluster);
     let victim = cluster.master_of(&TopicKeys::new("x", &topics[0]).users);
     let mut load = Load::start(&store, topics).await;
-    load.churn_until({
-        let mut n = 0;
-        move || {
-            n += 1;
-            n > 60
-        }
-    })
-    .await;
+    load.churn_steps(60).await;
 
     let mut cluster = cluster;
     let killed_at = Instant::now();
@@ -314,16 +317,7 @@ async fn a_master_killed_under_load_fails_over_without_losing_anyone() {
     });
     let steps = load.churn_until(|| promoted.is_finished()).await;
     let (_cluster, promoted) = promoted.await.unwrap();
-    let steps = steps
-        + load
-            .churn_until({
-                let mut n = 0;
-                move || {
-                    n += 1;
-                    n > 30
-                }
-            })
-            .await;
+    let steps = steps + load.churn_steps(30).await;
     let settled = load.wait_converged("after the failover").await;
     println!(
         "failover: replica promoted {promoted:?} after the kill; {steps} joins/leaves meanwhile; \
@@ -351,14 +345,7 @@ async fn topics_spread_over_masters_and_survive_a_slot_migration() {
 
     let topics = topics_on_every_master(&cluster, 4);
     let mut load = Load::start(&store, topics.clone()).await;
-    load.churn_until({
-        let mut n = 0;
-        move || {
-            n += 1;
-            n > 60
-        }
-    })
-    .await;
+    load.churn_steps(60).await;
     let masters = cluster.masters();
     let (from, to) = (masters[0].clone(), masters[1].clone());
     let before: Vec<u16> = topics.iter().map(|t| cluster.master_of(&TopicKeys::new("x", t).users)).collect();

@@ -2,7 +2,7 @@
 //! redis-server; ratios compare numbers measured in the same run.
 //!
 //! Run with: `cargo build --release -p presence --bin presenced -p presence-tests --bin bench`
-//! then `target/release/bench [engine|plugin|server]` (default: all three).
+//! then `target/release/bench [engine|plugin|server|cluster]` (default: all four).
 //! `bench engine --users N --topics T --concurrency C` measures one size.
 //!
 //! engine:
@@ -20,6 +20,9 @@
 //! server: two `presenced` processes on one Redis and WebSocket clients over
 //! loopback — memory per idle connection, join → `join` latency seen on the
 //! other instance with 1,000 and 10,000 clients, joins/s through the stack.
+//!
+//! cluster: joins/s and a tick on one Redis and on a three-master cluster in
+//! the same run, and the time from a master's SIGKILL to full presence.
 
 use futures::StreamExt;
 use presence::backend::redis::{RedisBackend, RedisOptions};
@@ -30,6 +33,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cluster_bench;
 mod plugin_bench;
 mod server_bench;
 
@@ -60,7 +64,7 @@ impl Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [engine [--users N --topics T --concurrency C]|plugin|server|all]");
+    eprintln!("usage: bench [engine [--users N --topics T --concurrency C]|plugin|server|cluster|all]");
     std::process::exit(2);
 }
 
@@ -79,11 +83,13 @@ async fn main() {
         },
         "plugin" => plugin_bench::run().await,
         "server" => server_bench::run().await,
+        "cluster" => cluster_bench::run(args.users, args.topics, args.concurrency).await,
         "all" => {
             engine(&args).await;
             room_sizes(&args).await;
             plugin_bench::run().await;
             server_bench::run().await;
+            cluster_bench::run(args.users, args.topics, args.concurrency).await;
         }
         _ => usage(),
     }
