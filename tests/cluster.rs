@@ -338,6 +338,13 @@ async fn topics_spread_over_masters_and_survive_a_slot_migration() {
     for (n, user) in users.iter().enumerate() {
         a.presence.join(user.id, &format!("spread-{n}")).await.unwrap();
     }
+    // A heartbeat sends one pipeline per master, each call to the right one.
+    let backend = store.redis_backend().await;
+    let ticked: Vec<TickTopic> =
+        (0..300).map(|n| TickTopic { topic: format!("spread-{n}"), held: 0, epoch: None }).collect();
+    let reports = presence::backend::Backend::tick(&backend, &ticked, Duration::from_secs(4)).await.unwrap();
+    assert!(reports.iter().all(|r| r.latest.is_some_and(|l| l.members == 1)), "{reports:?}");
+    assert_eq!(backend.retried_calls(), 0, "every batched call went to its slot's master");
     let per_master = cluster.keys_per_master();
     println!("keys per master after 300 topics: {per_master:?}");
     assert_eq!(per_master.len(), 3);

@@ -100,6 +100,8 @@ pub struct RedisBackend {
     scripts: &'static Scripts,
     /// Cluster only: which master serves which slot, for per-node batches.
     slot_table: Mutex<Option<SlotTable>>,
+    /// Cluster only: batched calls that had to be retried on their own.
+    retried: std::sync::atomic::AtomicU64,
     prefix: String,
     instance: String,
     timeout: Duration,
@@ -164,6 +166,7 @@ impl RedisBackend {
             endpoint,
             scripts,
             slot_table: Mutex::new(None),
+            retried: Default::default(),
             prefix: options.prefix,
             instance: super::new_instance_id(),
             timeout: options.timeout,
@@ -190,6 +193,13 @@ impl RedisBackend {
     /// Where this backend's Redis is: one node or a cluster.
     pub fn topology(&self) -> Topology {
         self.endpoint.topology
+    }
+
+    /// Cluster only: how many calls of per-master batches had to be retried
+    /// on their own (a moved slot, a failover, a missing script); 0 while
+    /// the slot table is right.
+    pub fn retried_calls(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
     }
 
     /// Load every script where `key` lives (its slot's master on a
@@ -375,7 +385,8 @@ impl RedisBackend {
         let table = self.slot_table(op).await?;
         let mut by_node: BTreeMap<Option<Node>, Vec<usize>> = BTreeMap::new();
         for (i, topic) in topics.iter().enumerate() {
-            let node = table.node_of(slots::slot_of(topic.as_bytes())).cloned();
+            // The slot of the topic's keys (their hash tag), not of its name.
+            let node = table.node_of(slots::slot_of(self.keys(topic).users.as_bytes())).cloned();
             by_node.entry(node).or_default().push(i);
         }
         let mut replies: Vec<Option<redis::Value>> = vec![None; topics.len()];
@@ -408,6 +419,7 @@ impl RedisBackend {
             }
         }
         if !retry.is_empty() {
+            self.retried.fetch_add(retry.len() as u64, Ordering::Relaxed);
             // The table was wrong (or a node is failing over): read it anew
             // next time, and let the cluster client route these calls.
             *self.slot_table.lock().unwrap_or_else(|p| p.into_inner()) = None;
