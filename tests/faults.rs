@@ -260,7 +260,9 @@ async fn held_topics_keep_their_backstop_expiry() {
         a.presence.tick().await;
     }
     let mut con = server.connection();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*{room}*").query(&mut con).unwrap();
+    let pattern =
+        format!("{}*", presence::backend::redis::TopicKeys::new("presence", "room").users.trim_end_matches("users"));
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut con).unwrap();
     assert!(keys.len() >= 5, "{keys:?}");
     for key in keys {
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut con).unwrap();

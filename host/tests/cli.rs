@@ -81,6 +81,16 @@ fn nonsense_flags_are_refused_naming_the_flag() {
     assert!(stderr.contains("--allowed-origins") && stderr.contains("scheme://host"), "{stderr}");
     let stderr = refused(&["--listen", "127.0.0.1:0", "--send-queue-bytes", "100", "--max-frame-bytes", "1000"]);
     assert!(stderr.contains("send_queue_bytes"), "{stderr}");
+    let stderr =
+        refused(&["--listen", "127.0.0.1:0", "--redis", "redis://127.0.0.1:1/", "--redis-ca-file", "/nonexistent.pem"]);
+    assert!(stderr.contains("--redis-ca-file") && stderr.contains("/nonexistent.pem"), "{stderr}");
+    // A URL with a password that cannot be reached: the error names the
+    // URL without the password.
+    let stderr = refused(&["--listen", "127.0.0.1:0", "--redis", "redis://ada:hunter2@127.0.0.1:1/,ftp://x"]);
+    assert!(stderr.contains("ftp://x is not a Redis URL") && !stderr.contains("hunter2"), "{stderr}");
+    let port = free_port();
+    let stderr = refused(&["--listen", "127.0.0.1:0", "--redis", &format!("redis://ada:hunter2@127.0.0.1:{port}/")]);
+    assert!(stderr.contains("ada:***@") && !stderr.contains("hunter2"), "{stderr}");
 }
 
 #[test]
