@@ -330,10 +330,13 @@ async fn rooms_guest_wraps_hooks_and_rate_limits_across_instances() {
     // The counter lives under the plugin namespace, apart from presence keys,
     // and counts against the plugin's quota.
     let mut con = server.connection();
-    let counter: i64 = redis::cmd("GET").arg("presence#kv{presence}:v:joins:ada").query(&mut con).unwrap();
+    let stored: Vec<String> = redis::cmd("KEYS").arg("presence#kv{presence.*}:*").query(&mut con).unwrap();
+    let value = stored.iter().find(|k| k.ends_with("}:v:joins:ada")).unwrap_or_else(|| panic!("{stored:?}"));
+    let counter: i64 = redis::cmd("GET").arg(value).query(&mut con).unwrap();
     assert_eq!(counter, 6);
-    let keys: i64 = redis::cmd("ZCARD").arg("presence#kv{presence}:index").query(&mut con).unwrap();
-    assert_eq!(keys, 1);
+    let index = value.replace("v:joins:ada", "index");
+    let keys: i64 = redis::cmd("ZCARD").arg(&index).query(&mut con).unwrap();
+    assert_eq!(keys, 1, "the key counts against its shard's quota");
 }
 
 /// The same on a three-master Redis Cluster: the plugin kv and the presence
@@ -504,4 +507,46 @@ async fn a_planted_cache_artifact_is_refused() {
         matches!(refused, LoadError::Cache { .. }) && refused.to_string().contains("writable by others"),
         "{refused}"
     );
+}
+
+/// The Redis store keeps a small quota exactly (one shard) and a large one
+/// per shard (each shard its share): refusals name the limit, overwrites add
+/// nothing, expired keys give their room back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_kv_keeps_its_quota() {
+    use presence::backend::redis::RedisOptions;
+    use presence::plugin::kv::{PluginKv, Quota, RedisKv};
+    let server = RedisServer::start();
+    let small =
+        RedisKv::connect(&RedisOptions::new(server.url()), Quota { max_keys: 3, max_bytes: 100 }).await.unwrap();
+    for key in ["a", "b", "c"] {
+        small.set(key, "1", Some(Duration::from_millis(300))).await.unwrap();
+    }
+    let refused = small.set("d", "1", None).await.unwrap_err();
+    assert!(refused.contains("at most 3 keys"), "{refused}");
+    small.set("a", "2", None).await.expect("overwriting a key adds none");
+    let refused = small.set("b", &"x".repeat(99), None).await.unwrap_err();
+    assert!(refused.contains("at most 100 bytes"), "{refused}");
+    // b and c expire; the next write reclaims their room.
+    eventually("expired keys give their room back", || async { small.set("d", "1", None).await.is_ok() }).await;
+
+    // 4,096 keys: 16 shards of 256. Writes spread over them, and a full
+    // shard refuses while the others still take keys.
+    let mut options = RedisOptions::new(server.url());
+    options.prefix = "large".into();
+    let large = RedisKv::connect(&options, Quota { max_keys: 4096, max_bytes: 16 << 20 }).await.unwrap();
+    let mut written = 0;
+    let mut refusal = None;
+    for n in 0..5000 {
+        match large.set(&format!("k{n}"), "v", None).await {
+            Ok(()) => written += 1,
+            Err(e) => refusal = Some(e),
+        }
+    }
+    let refusal = refusal.expect("5,000 keys exceed a 4,096-key quota");
+    assert!(refusal.contains("at most 4096 keys"), "{refusal}");
+    assert_eq!(written, 4096, "every shard took exactly its share of 256");
+    let mut con = server.connection();
+    let shards: Vec<String> = redis::cmd("KEYS").arg("large#kv{large.*}:index").query(&mut con).unwrap();
+    assert_eq!(shards.len(), 16, "{shards:?}");
 }

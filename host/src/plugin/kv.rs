@@ -2,9 +2,17 @@
 //! private to plugins, within a quota of keys and bytes per plugin. On Redis
 //! it is shared by every instance (enough for a cross-instance rate limiter)
 //! and has its own connection, so plugin traffic never queues in front of a
-//! heartbeat. Its keys live under `<prefix>#kv{<prefix>}:` (see
+//! heartbeat. Its keys live under `<prefix>#kv{<prefix>.<shard>}:` (see
 //! `kv_prelude.lua`): `#` never appears in a prefix, so neither this
 //! deployment's presence keys nor any other deployment's keys can overlap.
+//!
+//! Each key belongs to one of up to [`MAX_SHARDS`] shards (by its hash), and
+//! each shard keeps its values and its share of the quota in one hash slot,
+//! so a write and its quota check stay one atomic script while a cluster
+//! spreads the store over its masters. A small quota (under
+//! [`KEYS_PER_SHARD`] keys a shard) keeps one shard and is exact; a large
+//! one is enforced per shard (each holds its share, rounded up), so a store
+//! filled to the brim may be refused a little before the total.
 
 use crate::backend::redis::connection::Endpoint;
 use crate::backend::redis::{RedisConnection, RedisOptions};
@@ -17,6 +25,11 @@ use std::time::{Duration, Instant};
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest value a guest may store.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Quota keys per shard below which the store keeps fewer shards.
+pub const KEYS_PER_SHARD: usize = 256;
+/// Most shards of a Redis store.
+pub const MAX_SHARDS: usize = 16;
 
 /// How much one plugin may keep in the store (keys and values together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +225,10 @@ static DELETE: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!
 pub struct RedisKv {
     conn: RedisConnection,
     /// `<prefix>#kv{<prefix>}:`
-    namespace: String,
+    prefix: String,
+    /// How many shards, and each one's share of the quota.
+    shards: usize,
+    shard_quota: Quota,
     quota: Quota,
     timeout: Duration,
 }
@@ -228,16 +244,26 @@ impl RedisKv {
 
     /// The store on an existing connection.
     pub fn new(conn: RedisConnection, prefix: &str, timeout: Duration, quota: Quota) -> Self {
-        Self { conn, namespace: format!("{prefix}#kv{{{prefix}}}:"), quota, timeout }
+        let shards = (quota.max_keys / KEYS_PER_SHARD).clamp(1, MAX_SHARDS);
+        let shard_quota =
+            Quota { max_keys: quota.max_keys.div_ceil(shards), max_bytes: quota.max_bytes.div_ceil(shards) };
+        Self { conn, prefix: prefix.to_owned(), shards, shard_quota, quota, timeout }
+    }
+
+    /// `<prefix>#kv{<prefix>.<shard>}:`, the shard of `key`.
+    fn namespace(&self, key: &str) -> String {
+        let shard = crate::backend::redis::key_slot(key.as_bytes()) as usize % self.shards;
+        format!("{0}#kv{{{0}.{shard}}}:", self.prefix)
     }
 
     fn value_key(&self, key: &str) -> String {
-        format!("{}v:{key}", self.namespace)
+        format!("{}v:{key}", self.namespace(key))
     }
 
-    /// The value's key, then the quota bookkeeping's.
+    /// The value's key, then its shard's quota bookkeeping.
     fn keys(&self, call: &mut redis::ScriptInvocation<'_>, key: &str) {
-        call.key(self.value_key(key)).key(format!("{}index", self.namespace)).key(format!("{}sizes", self.namespace));
+        let namespace = self.namespace(key);
+        call.key(format!("{namespace}v:{key}")).key(format!("{namespace}index")).key(format!("{namespace}sizes"));
     }
 
     async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
@@ -274,7 +300,7 @@ impl PluginKv for RedisKv {
         let mut call = SET.prepare_invoke();
         self.keys(&mut call, key);
         call.arg(key).arg(value).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));
-        call.arg(self.quota.max_keys).arg(self.quota.max_bytes);
+        call.arg(self.shard_quota.max_keys).arg(self.shard_quota.max_bytes);
         let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
         self.quota_checked(reply).map(|_| ())
     }
@@ -285,7 +311,7 @@ impl PluginKv for RedisKv {
         let mut call = INCREMENT.prepare_invoke();
         self.keys(&mut call, key);
         call.arg(key).arg(delta).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));
-        call.arg(self.quota.max_keys).arg(self.quota.max_bytes);
+        call.arg(self.shard_quota.max_keys).arg(self.shard_quota.max_bytes);
         let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
         match self.quota_checked(reply)?.get(1) {
             Some(redis::Value::Int(value)) => Ok(*value),

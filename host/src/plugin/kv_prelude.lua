@@ -1,13 +1,15 @@
 -- kv_prelude.lua: quota bookkeeping shared by the plugin kv scripts (prepended
 -- at load time).
 --
--- Layout under a deployment prefix P (every key carries the hash tag {P}, so
--- the bookkeeping and the values live in one cluster slot and stay atomic;
--- `#` never appears in a prefix, so no presence key of any deployment can
--- collide with these):
---   P#kv{P}:v:<key>  string  a value
---   P#kv{P}:index    zset    key -> expiry (ms, Redis clock; +inf = none)
---   P#kv{P}:sizes    hash    key -> bytes it takes (key + value); '' -> total
+-- Layout under a deployment prefix P, per shard S of the store (every key of a
+-- shard carries the hash tag {P.S}, so a shard's values and its bookkeeping
+-- live in one cluster slot and stay atomic, while the shards spread over a
+-- cluster; `#` never appears in a prefix, so no presence key of any deployment
+-- can collide with these):
+--   P#kv{P.S}:v:<key>  string  a value
+--   P#kv{P.S}:index    zset    key -> expiry (ms, Redis clock; +inf = none)
+--   P#kv{P.S}:sizes    hash    key -> bytes it takes (key + value); '' -> total
+-- The quota limits passed in ARGV are the shard's share.
 -- Expired keys vanish on their own (PX); their bookkeeping is reclaimed by
 -- the next write, a bounded number at a time.
 
