@@ -174,12 +174,12 @@ async fn leave_one_topic_or_all(store: Store) {
     for topic in ["one", "two", "three"] {
         a.presence.join(alice.id, topic).await.unwrap();
     }
-    a.presence.leave(alice.id, Some("one")).await.unwrap();
+    a.presence.leave(alice.id, "one").await.unwrap();
     watcher.wait_for("leave", |d| d["key"] == "alice").await;
     assert!(!a.hub.is_subscribed(alice.id, "__presence:one"));
     assert!(a.hub.is_subscribed(alice.id, "__presence:two"));
     assert_eq!(a.presence.count("two").await.unwrap(), 1);
-    a.presence.leave(alice.id, None).await.unwrap();
+    a.presence.leave_all(alice.id).await.unwrap();
     for topic in ["one", "two", "three"] {
         assert_eq!(a.presence.count(topic).await.unwrap(), 0, "{topic}");
     }
@@ -189,11 +189,11 @@ async fn leave_one_topic_or_all(store: Store) {
 /// Leaving with an unknown connection or topic is a no-op.
 async fn leave_is_safe_for_unknown_connections_and_topics(store: Store) {
     let a = Instance::start(&store, fast_options()).await;
-    a.presence.leave(424242, None).await.unwrap();
-    a.presence.leave(424242, Some("nowhere")).await.unwrap();
+    a.presence.leave_all(424242).await.unwrap();
+    a.presence.leave(424242, "nowhere").await.unwrap();
     let alice = a.connect(json!({"id": "alice"}));
     a.presence.join(alice.id, "room").await.unwrap();
-    a.presence.leave(alice.id, Some("elsewhere")).await.unwrap();
+    a.presence.leave(alice.id, "elsewhere").await.unwrap();
     assert_eq!(a.presence.count("room").await.unwrap(), 1);
 }
 

@@ -203,7 +203,7 @@ impl Load {
         let presence = &self.instances[i].presence;
         let shown = self.model.get_mut(topic).unwrap();
         if shown.contains(&key) {
-            let _ = presence.leave(conn, Some(topic)).await;
+            let _ = presence.leave(conn, topic).await;
             shown.remove(&key);
         } else {
             match presence.join(conn, topic).await {
@@ -384,8 +384,14 @@ async fn topics_spread_over_masters_and_survive_a_slot_migration() {
         "reshard: {moved} of {} watched topics moved, {steps} joins/leaves meanwhile; converged {settled:?} after",
         topics.len()
     );
-    for (n, _) in users.iter().enumerate() {
-        assert_eq!(keys(&a, &format!("spread-{n}")).await, [format!("u{n}")]);
+    // The 300 joined users are all still there, wherever their slot went
+    // (a read that meets a slot mid-move may fail; it is retried).
+    for n in 0..users.len() {
+        let topic = format!("spread-{n}");
+        eventually(&format!("{topic} lists u{n}"), || async {
+            a.presence.list(&topic).await.is_ok_and(|m| m.len() == 1 && m[0].key == format!("u{n}"))
+        })
+        .await;
     }
 }
 

@@ -128,7 +128,7 @@ async fn cancelled_calls_still_finish() {
     assert_eq!(a.presence.count("room").await.unwrap(), 1);
 
     server.pause();
-    let cut_off = tokio::time::timeout(Duration::from_millis(50), a.presence.leave(alice.id, Some("room"))).await;
+    let cut_off = tokio::time::timeout(Duration::from_millis(50), a.presence.leave(alice.id, "room")).await;
     assert!(cut_off.is_err(), "the caller gave up while Redis was paused");
     server.resume();
     watcher.wait_for("leave", |d| d["key"] == "alice").await;

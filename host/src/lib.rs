@@ -25,5 +25,5 @@ pub mod plugin;
 pub mod server;
 
 pub use backend::Backend;
-pub use engine::{ConnId, Envelope, Error, Hooks, Member, Options, Platform, Presence};
+pub use engine::{ConnId, Envelope, Error, Hooks, Member, Options, Platform, Presence, PresenceBuilder, Stats};
 pub use hub::Hub;

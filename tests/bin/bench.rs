@@ -219,7 +219,7 @@ async fn engine(args: &Args) {
     .await;
     let (leaves_per_s, leave_evalsha, leave_commands) = measured_phase(&mut con, &ids, args.concurrency, |i, id| {
         let (presence, topic) = (&presence, topic_of(i));
-        async move { presence.leave(id, Some(&topic)).await.expect("leave") }
+        async move { presence.leave(id, &topic).await.expect("leave") }
     })
     .await;
     drop(conns);

@@ -58,9 +58,9 @@ pub async fn run() {
     drop(again);
 
     let hub = Hub::new();
-    let options = Options { select: Some(plugin.select_fn()), ..Options::default() };
-    let presence = Arc::new(Presence::new(Arc::new(MemoryStore::new().backend()), hub.clone(), options).unwrap());
-    plugin.attach(&presence);
+    // Kept alive: the hooks measured below act on it.
+    let _engine =
+        Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone()).policy(&plugin).build().unwrap();
     let user = json!({"id": "ada", "name": "Ada", "color": "teal", "token": "secret"});
     let request = UpgradeRequest {
         path: "/ws".into(),

@@ -375,13 +375,13 @@ impl World {
         self.live()
             .into_iter()
             .map(|n| self.nodes[n].as_ref().unwrap().instance.presence.stats())
-            .map(|stats| stats.repairs.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|stats| stats.repairs)
             .sum()
     }
 
     /// Completed resyncs per live instance.
     fn resyncs(&self) -> Vec<(usize, u64)> {
-        let count = |n: &Node| n.instance.presence.stats().resyncs.load(std::sync::atomic::Ordering::Relaxed);
+        let count = |n: &Node| n.instance.presence.stats().resyncs;
         self.live().into_iter().map(|i| (i, count(self.nodes[i].as_ref().unwrap()))).collect()
     }
 
@@ -391,7 +391,7 @@ impl World {
         let deadline = Instant::now() + SETTLE_DEADLINE;
         for (i, count) in before {
             let node = self.nodes[i].as_ref().unwrap();
-            while node.instance.presence.stats().resyncs.load(std::sync::atomic::Ordering::Relaxed) <= count {
+            while node.instance.presence.stats().resyncs <= count {
                 if Instant::now() > deadline {
                     return Err(format!("instance {i} never resynced after its event stream broke"));
                 }

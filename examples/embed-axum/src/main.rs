@@ -2,14 +2,15 @@
 //! its own routes, state and pages.
 //!
 //! Run with: `cargo run -p embed-axum` then open http://127.0.0.1:3000/
-//! (the WebSocket endpoint is `/ws`; add `--redis` support by setting
-//! `ServerConfig::redis`).
+//! (the WebSocket endpoint is `/ws`; share presence between instances with
+//! `.redis(RedisOptions::new(url))` on the builder, add policy with
+//! `.plugin(PluginConfig::new(path))`).
 
 use axum::extract::{Path, State};
 use axum::response::Html;
 use axum::routing::get;
 use axum::{Json, Router};
-use presence::server::{PresenceServer, ServerConfig};
+use presence::server::PresenceServer;
 use std::net::SocketAddr;
 
 /// The application's own state; presence is one more field.
@@ -42,7 +43,7 @@ fn app(presence: PresenceServer) -> Router {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let presence = PresenceServer::start(ServerConfig::default()).await?;
+    let presence = PresenceServer::builder().start().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("embed-axum: http://{}/", listener.local_addr()?);
     let stopping = presence.clone();
@@ -65,7 +66,7 @@ mod tests {
     /// routes, and the app reads presence through its own API.
     #[tokio::test]
     async fn presence_runs_inside_the_app() {
-        let presence = PresenceServer::start(ServerConfig::default()).await.unwrap();
+        let presence = PresenceServer::builder().start().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = app(presence.clone()).into_make_service_with_connect_info::<SocketAddr>();

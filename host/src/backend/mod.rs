@@ -51,6 +51,10 @@ pub enum BackendError {
     Protocol { op: &'static str, reason: String },
     #[error("Redis refused `{op}`: {reason} (check the user and password in the URL, and the user's ACL)")]
     Refused { op: &'static str, reason: String },
+    /// The backend's configuration is wrong (a bad key prefix or URL):
+    /// nothing was tried.
+    #[error("invalid backend configuration: {0}")]
+    Config(String),
     #[error("backend has been shut down")]
     Closed,
 }

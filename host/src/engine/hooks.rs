@@ -38,16 +38,16 @@ impl Hooks<'_> {
     pub async fn unsubscribe(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
         match topic.strip_prefix(PRESENCE_PREFIX) {
             Some(watched) => {
-                self.presence.unsync(conn, watched).await;
+                self.presence.unsync(conn, watched);
                 Ok(())
             }
             None if topic.starts_with("__") => Ok(()),
-            None => self.presence.leave(conn, Some(topic)).await,
+            None => self.presence.leave(conn, topic).await,
         }
     }
 
     /// Leave every topic.
     pub async fn close(&self, conn: ConnId) -> Result<(), Error> {
-        self.presence.leave(conn, None).await
+        self.presence.leave_all(conn).await
     }
 }

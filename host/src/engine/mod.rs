@@ -18,6 +18,7 @@
 //! Every operation that changes state runs to completion even if its caller
 //! is cancelled (a plugin deadline, a dropped request): see `finish`.
 
+mod builder;
 mod envelope;
 mod error;
 mod events;
@@ -32,6 +33,7 @@ pub mod select;
 mod supervisor;
 mod topic;
 
+pub use builder::{Policy, PresenceBuilder};
 pub use envelope::{presence_topic, Envelope, PRESENCE_PREFIX};
 pub use error::{limit_word, Error};
 pub(crate) use hooks::deferred_is_done;
@@ -59,29 +61,90 @@ pub struct Member {
     pub data: Value,
 }
 
-/// A presence engine for one instance. Dropping it (or [`Presence::destroy`])
-/// stops its heartbeat and event tasks; its holds then expire after `ttl`.
+/// A presence engine for one instance: a cheap handle, cloned to share it
+/// (as mini-redis's `Db`). When the last handle is dropped, or on
+/// [`Presence::destroy`] or [`Presence::shutdown`], its heartbeat and event
+/// tasks stop; its holds then expire after `ttl` (call
+/// [`Presence::leave_everyone`] first for an immediate goodbye).
+#[derive(Clone)]
 pub struct Presence {
+    inner: Arc<Inner>,
+    supervisor: Arc<Supervisor>,
+    /// Shared by every handle; dropping the last one stops the engine.
+    lifetime: Arc<Lifetime>,
+}
+
+/// A handle that does not keep the engine running (for what the engine
+/// itself owns, like a plugin's presence imports).
+#[derive(Clone)]
+pub struct WeakPresence(std::sync::Weak<Lifetime>);
+
+impl WeakPresence {
+    /// The engine, if a handle to it still exists.
+    pub fn upgrade(&self) -> Option<Presence> {
+        let lifetime = self.0.upgrade()?;
+        Some(Presence { inner: lifetime.inner.clone(), supervisor: lifetime.supervisor.clone(), lifetime })
+    }
+}
+
+/// Stops the engine when the last [`Presence`] handle goes.
+struct Lifetime {
     inner: Arc<Inner>,
     supervisor: Arc<Supervisor>,
 }
 
-/// What this instance showed its local subscribers, by event.
-#[derive(Default, Debug)]
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        stop(&self.inner, &self.supervisor);
+    }
+}
+
+fn stop(inner: &Inner, supervisor: &Supervisor) {
+    inner.destroyed.store(true, Ordering::SeqCst);
+    supervisor.abort_all();
+    inner.backend.shutdown();
+}
+
+/// What this instance showed its local subscribers, by event, and how often
+/// it read topics again: a snapshot ([`Presence::stats`]).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    pub joins: std::sync::atomic::AtomicU64,
-    pub leaves: std::sync::atomic::AtomicU64,
-    pub updates: std::sync::atomic::AtomicU64,
-    /// Times every watched topic was read again after the event stream was
-    /// interrupted.
-    pub resyncs: std::sync::atomic::AtomicU64,
+    pub joins: u64,
+    pub leaves: u64,
+    pub updates: u64,
+    /// Times topics were read again after their events were interrupted
+    /// (every watched topic, or one whose cluster shard moved).
+    pub resyncs: u64,
     /// Topics read again because their replica drifted from the store
     /// (events lost or too late): changes in between reach clients as one.
-    pub repairs: std::sync::atomic::AtomicU64,
+    pub repairs: u64,
+}
+
+/// The counters behind [`Stats`].
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    joins: std::sync::atomic::AtomicU64,
+    leaves: std::sync::atomic::AtomicU64,
+    updates: std::sync::atomic::AtomicU64,
+    pub(crate) resyncs: std::sync::atomic::AtomicU64,
+    pub(crate) repairs: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            joins: read(&self.joins),
+            leaves: read(&self.leaves),
+            updates: read(&self.updates),
+            resyncs: read(&self.resyncs),
+            repairs: read(&self.repairs),
+        }
+    }
 }
 
 pub(crate) struct Inner {
-    stats: Stats,
+    stats: Counters,
     backend: Arc<dyn Backend>,
     platform: Arc<dyn Platform>,
     options: Options,
@@ -110,7 +173,7 @@ impl Presence {
         })?;
         let resync_wanted = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
-            stats: Stats::default(),
+            stats: Counters::default(),
             backend,
             platform,
             options,
@@ -132,7 +195,20 @@ impl Presence {
             move || Box::pin(events::resyncer(weak.clone(), resync_wanted.clone()))
         });
         supervisor.spawn("heartbeat", move || Box::pin(heartbeat::run(weak.clone())));
-        Ok(Self { inner, supervisor })
+        let lifetime = Arc::new(Lifetime { inner: inner.clone(), supervisor: supervisor.clone() });
+        Ok(Self { inner, supervisor, lifetime })
+    }
+
+    /// The way to wire an engine: backend and platform now, then
+    /// [`PresenceBuilder::options`] and [`PresenceBuilder::policy`] (a plugin
+    /// host, connected both ways), then [`PresenceBuilder::build`].
+    pub fn builder(backend: Arc<dyn Backend>, platform: Arc<dyn Platform>) -> PresenceBuilder<'static> {
+        PresenceBuilder::new(backend, platform)
+    }
+
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakPresence {
+        WeakPresence(Arc::downgrade(&self.lifetime))
     }
 
     /// This instance's id (as the backend knows it).
@@ -140,9 +216,10 @@ impl Presence {
         self.inner.backend.instance()
     }
 
-    /// Joins, leaves and updates shown to this instance's subscribers.
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
+    /// Joins, leaves and updates shown to this instance's subscribers, and
+    /// its resyncs and repairs, as of now.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
     }
 
     /// Whether the background tasks run and the backend can deliver events;
@@ -213,19 +290,19 @@ impl Presence {
         self.detached(move |inner| async move { inner.join(conn, &topic).await }).await
     }
 
-    /// Remove a connection from one topic, or from every topic (and stop its
-    /// observing) with `None`. Unknown connections and topics are a no-op.
-    /// The connection is always removed locally; a backend error is returned
-    /// after the heartbeat has been left to finish the release.
-    pub async fn leave(&self, conn: ConnId, topic: Option<&str>) -> Result<(), Error> {
-        let topic = topic.map(str::to_owned);
-        self.detached(move |inner| async move {
-            match topic {
-                Some(topic) => inner.leave_topic(conn, &topic).await,
-                None => inner.leave_all(conn).await,
-            }
-        })
-        .await
+    /// Remove a connection from one topic. Unknown connections and topics
+    /// are a no-op. The connection is always removed locally; a backend
+    /// error is returned after the heartbeat has been left to finish the
+    /// release.
+    pub async fn leave(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
+        let topic = topic.to_owned();
+        self.detached(move |inner| async move { inner.leave_topic(conn, &topic).await }).await
+    }
+
+    /// Remove a connection from every topic and stop its observing (what a
+    /// closed connection needs), as [`Presence::leave`] does for one.
+    pub async fn leave_all(&self, conn: ConnId) -> Result<(), Error> {
+        self.detached(move |inner| async move { inner.leave_all(conn).await }).await
     }
 
     /// Send the topic's `list` to a connection without joining; it then
@@ -242,7 +319,7 @@ impl Presence {
     }
 
     /// Stop a connection observing a topic it `sync`ed.
-    pub async fn unsync(&self, conn: ConnId, topic: &str) {
+    pub fn unsync(&self, conn: ConnId, topic: &str) {
         self.inner.unobserve(conn, topic);
     }
 
@@ -278,11 +355,16 @@ impl Presence {
         .await
     }
 
-    /// Stop the heartbeat and the subscriber; holds are left to expire.
+    /// Stop the heartbeat and the subscriber, for every handle; holds are
+    /// left to expire.
     pub fn destroy(&self) {
-        self.inner.destroyed.store(true, Ordering::SeqCst);
-        self.supervisor.abort_all();
-        self.inner.backend.shutdown();
+        stop(&self.inner, &self.supervisor);
+    }
+
+    /// [`Presence::destroy`], then wait until the background tasks are gone.
+    pub async fn shutdown(self) {
+        self.destroy();
+        self.supervisor.wait_stopped().await;
     }
 
     /// Run one heartbeat now (refresh holds, settle, repair, announce).
@@ -295,7 +377,7 @@ impl Presence {
     pub async fn leave_everyone(&self) {
         let conns: Vec<ConnId> = lock(&self.inner.conns).keys().copied().collect();
         for conn in conns {
-            let _ = self.leave(conn, None).await;
+            let _ = self.leave_all(conn).await;
         }
     }
 
@@ -312,12 +394,6 @@ impl Presence {
     /// The ready-made hooks: `subscribe`, `unsubscribe`, `close`.
     pub fn hooks(&self) -> Hooks<'_> {
         Hooks { presence: self }
-    }
-}
-
-impl Drop for Presence {
-    fn drop(&mut self) {
-        self.destroy();
     }
 }
 

@@ -96,8 +96,16 @@ impl Supervisor {
 
     /// Stop every task (and the tasks they supervise).
     pub fn abort_all(&self) {
-        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             task.abort();
+        }
+    }
+
+    /// Wait until every task has ended (after [`Supervisor::abort_all`]).
+    pub async fn wait_stopped(&self) {
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for task in tasks {
+            let _ = task.await;
         }
     }
 }

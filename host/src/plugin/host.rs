@@ -8,7 +8,6 @@ use crate::engine::{deferred_is_done, ConnId, Envelope};
 use crate::Presence;
 use serde_json::value::RawValue;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 type HostResult<T> = wasmtime::Result<Result<T, String>>;
@@ -37,7 +36,7 @@ impl GuestState {
     async fn with_presence<A, T, Fut>(
         &mut self,
         checked: Result<A, String>,
-        op: impl FnOnce(Arc<Presence>, A) -> Fut,
+        op: impl FnOnce(Presence, A) -> Fut,
     ) -> HostResult<T>
     where
         Fut: Future<Output = Result<T, String>>,
@@ -60,7 +59,11 @@ impl presence::Host for GuestState {
 
     async fn leave(&mut self, conn: ConnId, topic: Option<String>) -> HostResult<()> {
         self.with_presence(topic.as_deref().map_or(Ok(()), |t| self.check_name("topic", t)), |p, ()| async move {
-            p.leave(conn, topic.as_deref()).await.map_err(|e| e.to_string())
+            match topic.as_deref() {
+                Some(topic) => p.leave(conn, topic).await,
+                None => p.leave_all(conn).await,
+            }
+            .map_err(|e| e.to_string())
         })
         .await
     }
@@ -75,7 +78,7 @@ impl presence::Host for GuestState {
     async fn unsync(&mut self, conn: ConnId, topic: String) -> wasmtime::Result<()> {
         let _ = self
             .with_presence(self.check_name("topic", &topic), |p, ()| async move {
-                p.unsync(conn, &topic).await;
+                p.unsync(conn, &topic);
                 Ok(())
             })
             .await?;

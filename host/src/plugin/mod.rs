@@ -151,11 +151,6 @@ impl PluginHost {
         Ok(())
     }
 
-    /// Give the plugin's presence imports an engine to act on.
-    pub fn attach(&self, presence: &Arc<Presence>) {
-        let _ = self.shared.env.presence.set(Arc::downgrade(presence));
-    }
-
     /// Load the file again now. On error the current version keeps serving.
     pub async fn reload(&self) -> Result<u64, LoadError> {
         self.shared.reload().await
@@ -230,20 +225,15 @@ impl PluginHost {
     }
 
     /// May the connection do this? Fails closed: a plugin that traps or
-    /// times out refuses with [`AuthorizeError::Failed`].
+    /// times out refuses with [`PolicyError::Failed`].
     pub async fn authorize(
         &self,
         conn: ConnId,
         user_data: &(impl UserDataJson + ?Sized),
         topic: &str,
         action: Action,
-    ) -> Result<(), AuthorizeError> {
-        match self.shared.call(Call::Authorize(connection(conn, user_data), topic.to_owned(), action)).await {
-            Ok(Reply::Unit(Ok(()))) => Ok(()),
-            Ok(Reply::Unit(Err(reason))) => Err(AuthorizeError::Denied(reason)),
-            Ok(_) => Err(AuthorizeError::Failed("unexpected reply".into())),
-            Err(e) => Err(AuthorizeError::Failed(e.to_string())),
-        }
+    ) -> Result<(), PolicyError> {
+        self.unit(Call::Authorize(connection(conn, user_data), topic.to_owned(), action)).await
     }
 
     pub async fn on_subscribe(
@@ -251,7 +241,7 @@ impl PluginHost {
         conn: ConnId,
         user_data: &(impl UserDataJson + ?Sized),
         topic: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyError> {
         self.unit(Call::OnSubscribe(connection(conn, user_data), topic.to_owned())).await
     }
 
@@ -260,33 +250,37 @@ impl PluginHost {
         conn: ConnId,
         user_data: &(impl UserDataJson + ?Sized),
         topic: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyError> {
         self.unit(Call::OnUnsubscribe(connection(conn, user_data), topic.to_owned())).await
     }
 
-    pub async fn on_close(&self, conn: ConnId, user_data: &(impl UserDataJson + ?Sized)) -> Result<(), String> {
+    pub async fn on_close(&self, conn: ConnId, user_data: &(impl UserDataJson + ?Sized)) -> Result<(), PolicyError> {
         self.unit(Call::OnClose(connection(conn, user_data))).await
     }
 
-    async fn unit(&self, call: Call) -> Result<(), String> {
-        match self.shared.call(call).await {
-            Ok(Reply::Unit(result)) => result,
-            Ok(_) => Err("unexpected reply".into()),
-            Err(e) => Err(e.to_string()),
+    async fn unit(&self, call: Call) -> Result<(), PolicyError> {
+        match self.shared.call(call).await? {
+            Reply::Unit(result) => result.map_err(PolicyError::Denied),
+            _ => Err(PolicyError::InvalidOutput("a reply of another export".into())),
         }
     }
 }
 
-/// Why `authorize` did not allow an action.
+/// Why a plugin call (`authorize` or a hook) did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthorizeError {
+pub enum PolicyError {
     /// The policy said no; its reason (an upper-case word reaches current
-    /// clients as their denial reason).
+    /// clients as their denial reason; an engine refusal a hook passes on,
+    /// such as `TOPIC_FULL: …`, keeps its word).
     #[error("{0}")]
     Denied(String),
-    /// The plugin failed (trapped, timed out, not loaded): refused, closed.
+    /// The plugin failed (trapped, timed out, stayed busy, none loaded):
+    /// refused, closed.
     #[error("policy unavailable: {0}")]
-    Failed(String),
+    Failed(#[from] CallError),
+    /// The plugin answered something the host cannot use.
+    #[error("policy unavailable: unusable reply: {0}")]
+    InvalidOutput(String),
 }
 
 /// Text a guest produced, made safe for one log line or one close reason:
@@ -394,6 +388,20 @@ impl Shared {
         self.generations.store(generation, Ordering::Relaxed);
         self.current.store(Some(candidate));
         Ok(generation)
+    }
+}
+
+/// The plugin as an engine's policy: its `select`, and its presence imports
+/// acting on the engine ([`crate::Presence::builder`] wires both).
+impl crate::engine::Policy for PluginHost {
+    fn select(&self) -> SelectFn {
+        self.select_fn()
+    }
+
+    fn attach(&self, presence: &Presence) {
+        if self.shared.env.presence.set(presence.downgrade()).is_err() {
+            tracing::warn!("plugin: already attached to an engine; it keeps acting on the first one");
+        }
     }
 }
 

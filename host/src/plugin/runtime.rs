@@ -45,7 +45,7 @@ impl Call {
 }
 
 /// Why a call produced no answer.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     #[error("no plugin is loaded")]
     NoPlugin,

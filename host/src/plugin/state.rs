@@ -6,6 +6,7 @@
 use super::kv::PluginKv;
 use super::limits::Limits;
 use super::metrics::PluginMetrics;
+use crate::engine::WeakPresence;
 use crate::Presence;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// What every instance of every plugin version shares.
 pub struct HostEnv {
-    pub presence: OnceLock<Weak<Presence>>,
+    pub presence: OnceLock<WeakPresence>,
     pub kv: Arc<dyn PluginKv>,
     pub limits: Limits,
     pub metrics: Arc<PluginMetrics>,
@@ -30,8 +31,8 @@ pub struct HostEnv {
 }
 
 impl HostEnv {
-    pub fn presence(&self) -> Result<Arc<Presence>, String> {
-        self.presence.get().and_then(Weak::upgrade).ok_or_else(|| "presence engine is not running".to_owned())
+    pub fn presence(&self) -> Result<Presence, String> {
+        self.presence.get().and_then(WeakPresence::upgrade).ok_or_else(|| "presence engine is not running".to_owned())
     }
 }
 

@@ -47,12 +47,12 @@ pub fn render(shared: &Shared) -> String {
     let stats = shared.presence.stats();
     let health = shared.presence.health();
     line("presence_task_restarts_total", "counter", health.restarts.to_string());
-    line("presence_resyncs_total", "counter", stats.resyncs.load(Relaxed).to_string());
-    line("presence_replica_repairs_total", "counter", stats.repairs.load(Relaxed).to_string());
+    line("presence_resyncs_total", "counter", stats.resyncs.to_string());
+    line("presence_replica_repairs_total", "counter", stats.repairs.to_string());
     line("presence_tasks_down", "gauge", health.down.len().to_string());
     type_line(&mut out, "presence_events_total", "counter");
-    for (event, counter) in [("join", &stats.joins), ("leave", &stats.leaves), ("updated", &stats.updates)] {
-        let _ = writeln!(out, "presence_events_total{{event=\"{event}\"}} {}", counter.load(Relaxed));
+    for (event, counter) in [("join", stats.joins), ("leave", stats.leaves), ("updated", stats.updates)] {
+        let _ = writeln!(out, "presence_events_total{{event=\"{event}\"}} {counter}");
     }
     type_line(&mut out, "presence_connections_refused_total", "counter");
     for (reason, counter) in [

@@ -136,7 +136,7 @@ pub struct ServerConfig {
 }
 
 pub(crate) struct Shared {
-    pub presence: Arc<Presence>,
+    pub presence: Presence,
     pub hub: Arc<Hub>,
     pub plugin: Option<Arc<PluginHost>>,
     pub limits: ServerLimits,
@@ -155,6 +155,75 @@ pub(crate) struct Shared {
     keepalive_ticker: tokio::task::AbortHandle,
 }
 
+/// Why a server did not start; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("server limits: {0}")]
+    Limits(String),
+    #[error("cannot use Redis at {url}: {source}")]
+    Redis {
+        /// Without its password.
+        url: String,
+        #[source]
+        source: crate::backend::BackendError,
+    },
+    #[error("cannot use Redis at {url} for the plugin kv: {reason}")]
+    PluginKv { url: String, reason: String },
+    #[error("plugin {path}: {source}")]
+    Plugin {
+        path: String,
+        #[source]
+        source: crate::plugin::LoadError,
+    },
+    #[error(transparent)]
+    Options(#[from] crate::Error),
+    #[error("the session key has {bytes} bytes; use at least {min}")]
+    SessionKey { bytes: usize, min: usize },
+}
+
+/// Builds a [`PresenceServer`] (the same as filling a [`ServerConfig`]).
+#[derive(Debug, Clone, Default)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+}
+
+impl ServerBuilder {
+    /// Share presence through Redis (default: in memory, one process).
+    pub fn redis(mut self, redis: RedisOptions) -> Self {
+        self.config.redis = Some(redis);
+        self
+    }
+
+    /// Load a policy plugin, wired to the engine both ways.
+    pub fn plugin(mut self, plugin: PluginConfig) -> Self {
+        self.config.plugin = Some(plugin);
+        self
+    }
+
+    /// Engine options (heartbeat, ttl, caps, …).
+    pub fn options(mut self, options: Options) -> Self {
+        self.config.options = options;
+        self
+    }
+
+    /// Connection limits.
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// The session cookies' key, shared by every instance.
+    pub fn session_key(mut self, key: Vec<u8>) -> Self {
+        self.config.session_key = Some(key);
+        self
+    }
+
+    /// Connect, load, start.
+    pub async fn start(self) -> Result<PresenceServer, StartError> {
+        PresenceServer::start(self.config).await
+    }
+}
+
 /// The engine, the plugin and the connection plumbing, ready to serve.
 #[derive(Clone)]
 pub struct PresenceServer {
@@ -162,19 +231,25 @@ pub struct PresenceServer {
 }
 
 impl PresenceServer {
+    /// `PresenceServer::builder().redis(…).plugin(…).start().await`.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
     /// Connect the backend, load the plugin, start the engine.
-    pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
-        config.limits.validate().map_err(|e| anyhow::anyhow!("server limits: {e}"))?;
+    pub async fn start(config: ServerConfig) -> Result<Self, StartError> {
+        config.limits.validate().map_err(StartError::Limits)?;
         let quota = config.plugin.as_ref().map(|p| p.kv_quota).unwrap_or_default();
         let (backend, kv, redis): (Arc<dyn Backend>, Arc<dyn PluginKv>, _) = match &config.redis {
             Some(options) => {
+                let url = redact(&options.url);
                 let backend = RedisBackend::connect(options.clone())
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot use Redis at {}: {e}", redact(&options.url)))?;
+                    .map_err(|source| StartError::Redis { url: url.clone(), source })?;
                 let conn = backend.connection();
-                let kv = RedisKv::connect(options, quota).await.map_err(|e| {
-                    anyhow::anyhow!("cannot use Redis at {} for the plugin kv: {e}", redact(&options.url))
-                })?;
+                let kv = RedisKv::connect(options, quota)
+                    .await
+                    .map_err(|reason| StartError::PluginKv { url: url.clone(), reason })?;
                 (Arc::new(backend), Arc::new(kv), Some(conn))
             }
             None => (Arc::new(MemoryStore::new().backend()), Arc::new(MemoryKv::new(quota)), None),
@@ -182,27 +257,24 @@ impl PresenceServer {
         let plugin = match config.plugin {
             Some(plugin) => {
                 let path = plugin.path.display().to_string();
-                let host = PluginHost::start(plugin, kv).await.map_err(|e| anyhow::anyhow!("plugin {path}: {e}"))?;
+                let host = PluginHost::start(plugin, kv).await.map_err(|source| StartError::Plugin { path, source })?;
                 Some(Arc::new(host))
             }
             None => None,
         };
-        let mut options = config.options;
-        if let Some(plugin) = &plugin {
-            options.select = Some(plugin.select_fn());
-        }
         let measured = Measured::new(backend);
         let backend_metrics = measured.metrics.clone();
         let hub = Hub::new();
         let diffs = tokio::spawn(hub.clone().run_diffs(config.limits.diff_window)).abort_handle();
-        let presence = Arc::new(Presence::new(Arc::new(measured), hub.clone(), options)?);
+        let mut builder = Presence::builder(Arc::new(measured), hub.clone()).options(config.options);
+        if let Some(plugin) = &plugin {
+            builder = builder.policy(plugin.as_ref());
+        }
+        let presence = builder.build()?;
         if let Some(key) = config.session_key.as_ref().filter(|k| k.len() < session::MIN_KEY_BYTES) {
-            anyhow::bail!("the session key has {} bytes; use at least {}", key.len(), session::MIN_KEY_BYTES);
+            return Err(StartError::SessionKey { bytes: key.len(), min: session::MIN_KEY_BYTES });
         }
         let sessions = session::Sessions::new(config.session_key, config.limits.session_ttl);
-        if let Some(plugin) = &plugin {
-            plugin.attach(&presence);
-        }
         let admission =
             admission::Admission::new(config.limits.max_connections, config.limits.max_connections_per_address);
         let keepalive = tokio::sync::watch::Sender::new(());
@@ -259,7 +331,7 @@ impl PresenceServer {
             .with_state(self.shared.clone())
     }
 
-    pub fn presence(&self) -> &Arc<Presence> {
+    pub fn presence(&self) -> &Presence {
         &self.shared.presence
     }
 

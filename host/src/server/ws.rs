@@ -16,7 +16,7 @@ use super::protocol::{self, ClientMessage, DenialReason, Refusal, MAX_BATCH_TOPI
 use super::Shared;
 use crate::engine::{limit_word, PRESENCE_PREFIX};
 use crate::hub::{Frame, Outbox};
-use crate::plugin::{Action, AuthorizeError, Denial, Pair, UpgradeRequest};
+use crate::plugin::{Action, Denial, Pair, PolicyError, UpgradeRequest};
 use crate::ConnId;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -368,7 +368,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
         }
     }
     // Whatever the hook did, a closed connection never lingers in presence.
-    if let Err(e) = Box::pin(shared.presence.leave(conn, None)).await {
+    if let Err(e) = Box::pin(shared.presence.leave_all(conn)).await {
         tracing::warn!(conn, error = %e, "leave on close failed; the heartbeat will finish it");
     }
     shared.hub.disconnect(conn);
@@ -500,8 +500,8 @@ impl Session {
         let (subject, action) = policy_subject(topic, Action::Subscribe);
         if let Some(plugin) = &shared.plugin {
             plugin.authorize(self.conn, &*self.user_data, subject, action).await.map_err(|e| match e {
-                AuthorizeError::Denied(reason) => refuse(DenialReason::from_policy(&reason), "denied", reason),
-                AuthorizeError::Failed(error) => {
+                PolicyError::Denied(reason) => refuse(DenialReason::from_policy(&reason), "denied", reason),
+                error @ (PolicyError::Failed(_) | PolicyError::InvalidOutput(_)) => {
                     tracing::warn!(conn = self.conn, topic, %error, "authorize failed; denied");
                     refuse(DenialReason::InternalError, "denied", "the policy is unavailable".into())
                 }
@@ -512,7 +512,7 @@ impl Session {
             crate::Platform::subscribe(&*shared.hub, self.conn, topic);
         }
         let hooked = match &shared.plugin {
-            Some(plugin) => plugin.on_subscribe(self.conn, &*self.user_data, topic).await,
+            Some(plugin) => plugin.on_subscribe(self.conn, &*self.user_data, topic).await.map_err(|e| e.to_string()),
             None => shared.presence.hooks().subscribe(self.conn, topic).await.map_err(|e| e.to_string()),
         };
         hooked.map_err(|message| {
@@ -550,7 +550,7 @@ impl Session {
             crate::Platform::unsubscribe(&*shared.hub, self.conn, topic);
         }
         let result = match &shared.plugin {
-            Some(plugin) => plugin.on_unsubscribe(self.conn, &*self.user_data, topic).await,
+            Some(plugin) => plugin.on_unsubscribe(self.conn, &*self.user_data, topic).await.map_err(|e| e.to_string()),
             None => shared.presence.hooks().unsubscribe(self.conn, topic).await.map_err(|e| e.to_string()),
         };
         if let Err(message) = result {

@@ -55,7 +55,7 @@ pub fn redact(urls: &str) -> String {
 }
 
 fn config_error(reason: impl Into<String>) -> BackendError {
-    BackendError::Protocol { op: "connect", reason: reason.into() }
+    BackendError::Config(reason.into())
 }
 
 impl Endpoint {

@@ -146,10 +146,10 @@ impl RedisBackend {
         let valid = !options.prefix.is_empty()
             && options.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
         if !valid {
-            return Err(BackendError::Protocol {
-                op: "connect",
-                reason: format!("invalid key prefix {:?}: use letters, digits, `_`, `.`, `:` or `-`", options.prefix),
-            });
+            return Err(BackendError::Config(format!(
+                "invalid key prefix {:?}: use letters, digits, `_`, `.`, `:` or `-`",
+                options.prefix
+            )));
         }
         let endpoint = Endpoint::resolve(&options).await?;
         let conn = endpoint.connect().await?;
