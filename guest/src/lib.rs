@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # presence-guest: the Rust SDK for presence plugins
 //!
 //! A plugin is a WebAssembly component built with

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # presence
 //!
 //! Who is online in each topic, across every server instance: the

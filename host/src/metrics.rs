@@ -9,6 +9,8 @@ use std::time::Duration;
 pub const BUCKETS_US: [u64; 14] =
     [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000];
 
+/// A latency histogram with fixed buckets, lock-free, rendered in the
+/// Prometheus text format.
 #[derive(Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
@@ -16,6 +18,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Count one observation.
     pub fn observe(&self, latency: Duration) {
         let us = latency.as_micros() as u64;
         let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
@@ -23,6 +26,7 @@ impl Histogram {
         self.sum_us.fetch_add(us, Relaxed);
     }
 
+    /// Observations so far.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The default `select`: turning a connection's raw user data into the public
 //! data others see. One implementation for the host's built-in default and
 //! the guest SDK's default, so the two can never drift apart. No

@@ -118,6 +118,7 @@ fn release(data: &mut TopicData, user: &str) -> bool {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

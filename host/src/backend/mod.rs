@@ -30,7 +30,7 @@
 //!   the store's clock, never on an instance's, so a skewed instance clock
 //!   neither flaps its users nor keeps a crashed instance's users alive.
 
-pub mod measured;
+pub(crate) mod measured;
 pub mod memory;
 pub mod redis;
 
@@ -43,18 +43,45 @@ use tokio::sync::mpsc;
 /// [`BackendError::Unavailable`], never a hang.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
+    /// No answer in time (a stalled or partitioned Redis); the operation
+    /// may or may not have been applied.
     #[error("backend operation `{op}` timed out after {after:?}")]
-    Timeout { op: &'static str, after: Duration },
+    Timeout {
+        /// The operation (`join`, `tick`, …).
+        op: &'static str,
+        /// The bound it exceeded.
+        after: Duration,
+    },
+    /// The connection failed (refused, dropped, a cluster between owners of
+    /// a slot); the operation may or may not have been applied.
     #[error("backend unavailable during `{op}`: {reason}")]
-    Unavailable { op: &'static str, reason: String },
+    Unavailable {
+        /// The operation.
+        op: &'static str,
+        /// What the connection reported.
+        reason: String,
+    },
+    /// A reply the backend could not use (a script error, a bad value).
     #[error("backend sent an unexpected reply to `{op}`: {reason}")]
-    Protocol { op: &'static str, reason: String },
+    Protocol {
+        /// The operation.
+        op: &'static str,
+        /// What was wrong with the reply.
+        reason: String,
+    },
+    /// Redis refused the credentials or the command (ACL).
     #[error("Redis refused `{op}`: {reason} (check the user and password in the URL, and the user's ACL)")]
-    Refused { op: &'static str, reason: String },
+    Refused {
+        /// The operation.
+        op: &'static str,
+        /// Redis's refusal.
+        reason: String,
+    },
     /// The backend's configuration is wrong (a bad key prefix or URL):
     /// nothing was tried.
     #[error("invalid backend configuration: {0}")]
     Config(String),
+    /// The backend was shut down.
     #[error("backend has been shut down")]
     Closed,
 }
@@ -71,23 +98,36 @@ impl BackendError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutcome {
     /// First holder anywhere: `join` was announced with this sequence number.
-    Joined { seq: u64 },
+    Joined {
+        /// The announcement's sequence number.
+        seq: u64,
+    },
     /// Already present with other data: `updated` was announced.
-    Updated { seq: u64 },
+    Updated {
+        /// The announcement's sequence number.
+        seq: u64,
+    },
     /// Already present with the same data: nothing announced.
     Unchanged,
     /// The topic was cleared since this instance last looked; nothing changed.
     /// The caller drops its local state of the topic and adopts `epoch`.
-    StaleEpoch { epoch: String },
+    StaleEpoch {
+        /// The topic's epoch now.
+        epoch: String,
+    },
     /// A new user, refused because the topic already lists `members` users
     /// (at least [`HoldTerms::max_members`]); nothing changed.
-    Full { members: u64 },
+    Full {
+        /// How many users the topic lists.
+        members: u64,
+    },
 }
 
 /// The terms of a hold: how long it lasts without a tick, and how many
 /// users the topic may list before a new user is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldTerms {
+    /// How long the hold lasts without a heartbeat.
     pub ttl: Duration,
     /// 0: no cap.
     pub max_members: u64,
@@ -107,7 +147,12 @@ pub enum LeaveOutcome {
     /// was the last holder anywhere (`data` is what was shown), or the user
     /// had vanished with lost data (`data` is `null`) and the announcement
     /// lets every replica drop a stale copy.
-    Left { seq: u64, data: String },
+    Left {
+        /// The announcement's sequence number.
+        seq: u64,
+        /// The public data that was shown (JSON text).
+        data: String,
+    },
     /// Another instance still holds the user.
     StillHeld,
     /// This instance did not hold the user and another one shows it.
@@ -118,22 +163,34 @@ pub enum LeaveOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldChange<'a> {
     /// Take the hold (or refresh its data): [`Backend::join`].
-    Assert { key: &'a str, data: &'a str },
+    Assert {
+        /// The user key.
+        key: &'a str,
+        /// The user's public data (JSON text).
+        data: &'a str,
+    },
     /// Let go of it: [`Backend::leave`].
-    Release { key: &'a str },
+    Release {
+        /// The user key.
+        key: &'a str,
+    },
 }
 
 /// What one [`HoldChange`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldOutcome {
+    /// What the [`HoldChange::Assert`] did.
     Asserted(JoinOutcome),
+    /// What the [`HoldChange::Release`] did.
     Released(LeaveOutcome),
 }
 
 /// A topic's state at one instant: every event with `seq <= self.seq` is in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The sequence number the snapshot is at.
     pub seq: u64,
+    /// The topic's epoch (`None` until its first `clear()`).
     pub epoch: Option<String>,
     /// (user key, public data as JSON text)
     pub users: Vec<(String, String)>,
@@ -142,10 +199,12 @@ pub struct Snapshot {
 /// One topic in a heartbeat tick.
 #[derive(Debug, Clone)]
 pub struct TickTopic {
+    /// The topic.
     pub topic: String,
     /// How many users this instance believes it holds here (0: it only
     /// observes, and only sweeps). Fewer in the store means holds were lost.
     pub held: usize,
+    /// The epoch this instance knows for the topic.
     pub epoch: Option<String>,
 }
 
@@ -159,7 +218,10 @@ pub enum TickOutcome {
     /// users with `join`. A missing hold is never re-created by the tick.
     Lost,
     /// The topic was cleared: the engine drops its local state of it.
-    Cleared { epoch: String },
+    Cleared {
+        /// The topic's new epoch.
+        epoch: String,
+    },
 }
 
 /// A tick's outcome plus, from a store that can lose events or data, the
@@ -167,7 +229,9 @@ pub enum TickOutcome {
 /// has drifted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TickReport {
+    /// What happened to this instance's hold.
     pub outcome: TickOutcome,
+    /// The topic's state right after (`None` from a store that cannot drift).
     pub latest: Option<Latest>,
 }
 
@@ -183,20 +247,28 @@ pub struct Latest {
 /// A change on a topic, announced by whichever instance made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The topic.
     pub topic: String,
     /// The instance the change belongs to (for a sweep: the dead one).
     pub instance: String,
+    /// Its sequence number on the topic.
     pub seq: u64,
+    /// Join, update or leave.
     pub kind: ChangeKind,
+    /// The user key.
     pub key: String,
     /// Public data as JSON text.
     pub data: String,
 }
 
+/// What happened to a user on a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
+    /// First holder anywhere.
     Join,
+    /// Other public data.
     Updated,
+    /// Last holder gone.
     Leave,
 }
 
@@ -214,10 +286,15 @@ impl ChangeKind {
 /// What a backend tells the engine, in the order it learned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendEvent {
+    /// A user joined, changed or left.
     Change(Change),
+    /// A topic was cleared.
     Cleared {
+        /// The topic.
         topic: String,
+        /// The instance that cleared it.
         instance: String,
+        /// The topic's new epoch.
         epoch: String,
     },
     /// The event stream was interrupted and is flowing again: events may have
@@ -226,6 +303,7 @@ pub enum BackendEvent {
     /// One topic's events were interrupted (on a cluster: its shard failed
     /// over or its slot moved) and flow again: the engine re-reads that topic.
     TopicResynced {
+        /// The topic to read again.
         topic: String,
     },
 }

@@ -16,16 +16,21 @@ pub fn presence_topic(topic: &str) -> String {
 /// serialised once, however many connections receive it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Envelope {
+    /// The topic it belongs to (`__presence:<topic>` for presence events).
     pub topic: String,
+    /// The event name (`list`, `join`, `leave`, `updated`, …).
     pub event: String,
+    /// The payload, as JSON.
     pub data: Box<RawValue>,
 }
 
 impl Envelope {
+    /// An envelope of `event` on `topic` carrying `data`.
     pub fn new(topic: impl Into<String>, event: impl Into<String>, data: Box<RawValue>) -> Self {
         Self { topic: topic.into(), event: event.into(), data }
     }
 
+    /// `{"topic":…,"event":…,"data":…}`, as the legacy clients read it.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an envelope always serialises")
     }

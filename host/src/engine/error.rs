@@ -6,30 +6,77 @@
 use crate::backend::BackendError;
 use crate::engine::ConnId;
 
+/// What a presence operation can fail with. Refusals change nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An option makes no sense.
     #[error("invalid option `{name}`: {reason}")]
-    InvalidOption { name: &'static str, reason: String },
+    InvalidOption {
+        /// The option.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A topic the engine does not take (empty, too long, control characters).
     #[error("invalid topic {topic:?}: {reason}")]
-    InvalidTopic { topic: String, reason: &'static str },
+    InvalidTopic {
+        /// The topic (its first 64 characters).
+        topic: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The platform does not know the connection.
     #[error("unknown connection {0}: the platform has no user data for it")]
     UnknownConnection(ConnId),
+    /// `select` refused the user data.
     #[error("select rejected the user data: {0}")]
     Select(String),
+    /// The public data is over `max_data_bytes`.
     #[error("LIMIT_EXCEEDED: public data is {size} bytes, over the limit of {limit} bytes (max_data_bytes)")]
-    DataTooLarge { size: usize, limit: usize },
+    DataTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The user key is over `max_key_bytes`.
     #[error("LIMIT_EXCEEDED: the user key is {size} bytes, over the limit of {limit} bytes (max_key_bytes)")]
-    KeyTooLong { size: usize, limit: usize },
+    KeyTooLong {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A new user on a topic at `max_members_per_topic`.
     #[error("TOPIC_FULL: the topic lists {members} users, its limit is {limit} (max_members_per_topic)")]
-    TopicFull { members: u64, limit: u64 },
+    TopicFull {
+        /// How many users the topic lists.
+        members: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The connection is in `max_topics_per_connection` topics already.
     #[error("LIMIT_EXCEEDED: connection {conn} already uses {limit} topics (max_topics_per_connection)")]
-    TooManyTopicsForConnection { conn: ConnId, limit: usize },
+    TooManyTopicsForConnection {
+        /// The connection.
+        conn: ConnId,
+        /// The limit.
+        limit: usize,
+    },
+    /// This instance serves `max_topics_per_instance` topics already.
     #[error("LIMIT_EXCEEDED: this instance already serves {limit} topics (max_topics_per_instance)")]
-    TooManyTopics { limit: usize },
+    TooManyTopics {
+        /// The limit.
+        limit: usize,
+    },
+    /// The backend failed (a read, or a change known not to be applied).
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The backend could not be reached for a join: the join is kept and
+    /// the heartbeat makes it once the backend answers.
     #[error("{0}; the join is kept and will be made when the backend answers")]
     Deferred(#[source] BackendError),
+    /// The engine was destroyed.
     #[error("presence has been destroyed")]
     Destroyed,
 }

@@ -57,7 +57,9 @@ use topic::{ConnTopics, Topic};
 /// One member of a topic, as `list` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Member {
+    /// The user key (the `key` option's field, or the connection's own).
     pub key: String,
+    /// The user's public data (what `select` kept).
     pub data: Value,
 }
 
@@ -66,6 +68,30 @@ pub struct Member {
 /// [`Presence::destroy`] or [`Presence::shutdown`], its heartbeat and event
 /// tasks stop; its holds then expire after `ttl` (call
 /// [`Presence::leave_everyone`] first for an immediate goodbye).
+///
+/// ```
+/// use presence::backend::memory::MemoryStore;
+/// use presence::{Hub, Options, Presence};
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), presence::Error> {
+/// let hub = Hub::new(); // the connections (a ready `Platform`)
+/// let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone())
+///     .options(Options::default())
+///     .build()?;
+/// let (ada, mut frames) = hub.connect(serde_json::json!({"id": "ada", "name": "Ada"}), 1 << 20);
+/// presence.join(ada, "lobby").await?;
+/// assert_eq!(presence.count("lobby").await?, 1);
+/// // Ada received the lobby's `list`, herself included.
+/// let list = frames.try_recv().expect("a frame");
+/// assert!(list.contains(r#""event":"list""#) && list.contains("Ada"));
+/// presence.leave_all(ada).await?;
+/// assert_eq!(presence.count("lobby").await?, 0);
+/// presence.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Presence {
     inner: Arc<Inner>,
@@ -109,8 +135,11 @@ fn stop(inner: &Inner, supervisor: &Supervisor) {
 /// it read topics again: a snapshot ([`Presence::stats`]).
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
+    /// `join` events shown.
     pub joins: u64,
+    /// `leave` events shown.
     pub leaves: u64,
+    /// `updated` events shown.
     pub updates: u64,
     /// Times topics were read again after their events were interrupted
     /// (every watched topic, or one whose cluster shard moved).
@@ -256,6 +285,7 @@ impl Presence {
         lock(&self.inner.topics).len()
     }
 
+    /// The options it runs with.
     pub fn options(&self) -> &Options {
         &self.inner.options
     }

@@ -20,6 +20,8 @@ pub fn select_fn(f: impl Fn(&Value) -> Result<Value, String> + Send + Sync + 'st
     })
 }
 
+/// The engine's options: the original extension's (`key`, `select`,
+/// `heartbeat`, `ttl`) and the caps that bound what clients can make it hold.
 #[derive(Clone)]
 pub struct Options {
     /// Field of the user data that identifies a user across tabs (default `id`).
@@ -81,6 +83,8 @@ impl std::fmt::Debug for Options {
 }
 
 impl Options {
+    /// Refuse nonsense (an empty key, `ttl` not above `heartbeat`, a zero
+    /// cap), naming the option.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |name, reason: &str| Err(Error::InvalidOption { name, reason: reason.into() });
         if self.key.is_empty() {

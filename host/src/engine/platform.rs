@@ -17,6 +17,7 @@ pub trait Platform: Send + Sync + 'static {
     fn user_data(&self, conn: ConnId) -> Option<Value>;
     /// From now on, `publish(topic, …)` reaches this connection.
     fn subscribe(&self, conn: ConnId, topic: &str);
+    /// From now on, `publish(topic, …)` no longer reaches this connection.
     fn unsubscribe(&self, conn: ConnId, topic: &str);
     /// Send one envelope to one connection.
     fn send(&self, conn: ConnId, envelope: &Envelope);

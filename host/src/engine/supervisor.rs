@@ -23,6 +23,7 @@ pub struct Health {
 }
 
 impl Health {
+    /// Every task runs.
     pub fn is_ok(&self) -> bool {
         self.down.is_empty()
     }

@@ -32,6 +32,8 @@ use tokio::sync::Notify;
 /// One outgoing text frame, shared by every receiver of a broadcast.
 pub type Frame = Arc<str>;
 
+/// The ready [`crate::Platform`]: connections with byte-bounded send queues,
+/// their user data, and topic subscriptions.
 #[derive(Default)]
 pub struct Hub {
     state: Mutex<HubState>,
@@ -117,6 +119,7 @@ impl HubState {
 }
 
 impl Hub {
+    /// An empty hub.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -216,6 +219,7 @@ impl Hub {
         self.count_delivery(&mut self.lock(), conn, &text.into())
     }
 
+    /// Replace a connection's user data.
     pub fn set_user_data(&self, conn: ConnId, user_data: Value) {
         if let Some(entry) = self.lock().conns.get_mut(&conn) {
             entry.user_data = user_data.to_string().into();
@@ -227,14 +231,17 @@ impl Hub {
         self.lock().conns.get(&conn).map(|c| c.user_data.clone())
     }
 
+    /// Open connections.
     pub fn connections(&self) -> usize {
         self.lock().conns.len()
     }
 
+    /// Connections subscribed to `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
         self.lock().topics.get(topic).map_or(0, HashSet::len)
     }
 
+    /// Whether `conn` is subscribed to `topic`.
     pub fn is_subscribed(&self, conn: ConnId, topic: &str) -> bool {
         self.lock().conns.get(&conn).is_some_and(|c| c.topics.contains(topic))
     }

@@ -2,6 +2,9 @@
 //! generated types from here. Imports are async (they reach Redis) and
 //! trappable (the host can stop a guest that abuses them).
 
+// Generated code: its items are documented by `wit/plugin.wit`.
+#![allow(missing_docs)]
+
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
@@ -9,8 +12,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::presence::plugin::guest;
-pub use presence::plugin::types::{Action, Connection, Denial, Pair, UpgradeRequest};
+pub use self::exports::presence::plugin::guest;
+pub use self::presence::plugin::types::{Action, Connection, Denial, Pair, UpgradeRequest};
 
 /// The interface name a guest must export, without its version.
 pub const GUEST_INTERFACE: &str = "presence:plugin/guest";

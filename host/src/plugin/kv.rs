@@ -34,6 +34,7 @@ pub const MAX_SHARDS: usize = 16;
 /// How much one plugin may keep in the store (keys and values together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
+    /// Keys.
     pub max_keys: usize,
     /// Bytes of keys and values.
     pub max_bytes: usize,
@@ -55,12 +56,17 @@ impl Quota {
     }
 }
 
+/// The store behind the plugin's `kv` imports; errors are the messages the
+/// guest receives.
 #[async_trait]
 pub trait PluginKv: Send + Sync + 'static {
+    /// The value of `key`, if it is set and not expired.
     async fn get(&self, key: &str) -> Result<Option<String>, String>;
+    /// Set `key` (expiring after `ttl`, or never), within the quota.
     async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), String>;
     /// Add `delta`; a key created by this call (or without expiry) gets `ttl`.
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String>;
+    /// Remove `key` (nothing if it is not set).
     async fn delete(&self, key: &str) -> Result<(), String>;
 }
 
@@ -155,6 +161,7 @@ impl MemoryState {
 }
 
 impl MemoryKv {
+    /// An empty store with this quota.
     pub fn new(quota: Quota) -> Self {
         let state = MemoryState { entries: HashMap::new(), bytes: 0, next_reclaim: Instant::now() };
         Self { quota, state: Mutex::new(state) }
@@ -169,6 +176,7 @@ impl MemoryKv {
         self.lock().entries.len()
     }
 
+    /// No key held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -13,6 +13,9 @@ use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 /// How long one epoch tick is: the granularity of every deadline.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// What one plugin may use: deadlines, memory, tables, instances, host
+/// calls, log lines and string sizes. Past any of them a call traps or is
+/// refused, naming the limit.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Deadline of `authenticate`, `authorize` and `select` calls, host calls included.
@@ -65,7 +68,9 @@ impl Limits {
     /// Core instances, tables and memories one plugin instance may create
     /// (a component is several core instances; ours need 1–2 memories).
     pub const CORE_INSTANCES: usize = 16;
+    /// Tables one plugin instance may create.
     pub const TABLES: usize = 64;
+    /// Memories one plugin instance may create.
     pub const MEMORIES: usize = 4;
 
     /// The caps of one store: growing past them traps, creating past them

@@ -14,29 +14,55 @@ use wasmtime::Engine;
 /// Why a plugin cannot be loaded. Every message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file cannot be read.
     #[error("cannot read plugin {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        reason: String,
+    },
+    /// The file is not WebAssembly.
     #[error("not a WebAssembly file (it does not start with `\\0asm`)")]
     NotWasm,
     #[error(
         "this is a core WebAssembly module, not a component: build the guest with \
          `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
     )]
+    /// A core module, not a component.
     CoreModule,
+    /// The component does not compile (or breaks a limit).
     #[error("invalid component: {0}")]
     Compile(String),
+    /// The component does not export the guest interface.
     #[error("the component does not export `{GUEST_INTERFACE}@{CONTRACT_VERSION}`{found}: is it built against wit/plugin.wit?")]
-    MissingExport { found: String },
+    MissingExport {
+        /// What it exports instead, if anything like it.
+        found: String,
+    },
+    /// The component is built for another contract version.
     #[error("the component is built for contract {found}, but this host serves {GUEST_INTERFACE}@{CONTRACT_VERSION}: rebuild it against this host's wit/")]
-    Version { found: String },
+    Version {
+        /// The version it is built for.
+        found: String,
+    },
+    /// The component imports what the `plugin` world does not offer.
     #[error("the component does not fit the `plugin` world: {0}")]
     World(String),
+    /// The component failed the call made before it serves.
     #[error("the plugin failed its smoke call: {0}")]
     Smoke(String),
+    /// The host's plugin configuration is wrong.
     #[error("invalid plugin configuration: {0}")]
     Config(String),
+    /// The precompiled cache refused or failed.
     #[error("plugin cache {path}: {reason}")]
-    Cache { path: PathBuf, reason: String },
+    Cache {
+        /// The cache file or directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A compiled, checked plugin version.

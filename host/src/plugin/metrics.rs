@@ -9,15 +9,22 @@ use std::time::Duration;
 /// The plugin's exports, in metric order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Export {
+    /// `authenticate`.
     Authenticate,
+    /// `authorize`.
     Authorize,
+    /// `select`.
     Select,
+    /// `on-subscribe`.
     OnSubscribe,
+    /// `on-unsubscribe`.
     OnUnsubscribe,
+    /// `on-close`.
     OnClose,
 }
 
 impl Export {
+    /// Every export.
     pub const ALL: [Export; 6] = [
         Export::Authenticate,
         Export::Authorize,
@@ -27,6 +34,7 @@ impl Export {
         Export::OnClose,
     ];
 
+    /// Its name in the WIT contract (and in metric labels).
     pub fn name(self) -> &'static str {
         match self {
             Export::Authenticate => "authenticate",
@@ -38,33 +46,44 @@ impl Export {
         }
     }
 
+    /// A hook (which runs presence operations, under the hook deadline).
     pub fn is_hook(self) -> bool {
         matches!(self, Export::OnSubscribe | Export::OnUnsubscribe | Export::OnClose)
     }
 }
 
+/// Counters and latency of one export.
 #[derive(Default)]
 pub struct ExportMetrics {
+    /// Calls made.
     pub calls: AtomicU64,
     /// The guest returned an error (a denial counts as an answer, not an error).
     pub errors: AtomicU64,
+    /// Calls that trapped.
     pub traps: AtomicU64,
+    /// Calls stopped at their deadline.
     pub timeouts: AtomicU64,
+    /// How long calls took.
     pub latency: Histogram,
 }
 
 impl ExportMetrics {
+    /// Count one call that took `latency`.
     pub fn observe(&self, latency: Duration) {
         self.latency.observe(latency);
         self.calls.fetch_add(1, Relaxed);
     }
 }
 
+/// Everything the plugin host counts, for `/metrics`.
 #[derive(Default)]
 pub struct PluginMetrics {
     exports: [ExportMetrics; 6],
+    /// The version serving (1 = the first loaded).
     pub generation: AtomicU64,
+    /// Reloads that took effect.
     pub reloads: AtomicU64,
+    /// Reloads refused (the previous version kept serving).
     pub rejected_reloads: AtomicU64,
     /// Log lines dropped by the rate limit.
     pub dropped_log_lines: AtomicU64,
@@ -73,6 +92,7 @@ pub struct PluginMetrics {
 }
 
 impl PluginMetrics {
+    /// The counters of one export.
     pub fn export(&self, export: Export) -> &ExportMetrics {
         &self.exports[Export::ALL.iter().position(|e| *e == export).expect("listed")]
     }

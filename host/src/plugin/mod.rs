@@ -14,16 +14,16 @@
 //! fails the join with a clear error and no side effect, hooks report errors
 //! to the caller. A trap never takes the host down.
 
-pub mod bindings;
+mod bindings;
 mod cache;
 mod host;
 pub mod kv;
-pub mod limits;
-pub mod loader;
+mod limits;
+mod loader;
 pub mod metrics;
 mod reload;
-pub mod runtime;
-pub mod state;
+mod runtime;
+mod state;
 
 pub use bindings::{Action, Connection, Denial, Pair, UpgradeRequest};
 pub use limits::Limits;
@@ -49,6 +49,7 @@ pub struct PluginConfig {
     pub path: PathBuf,
     /// Host-owned directory for precompiled artifacts (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
+    /// What one call and one instance may use.
     pub limits: Limits,
     /// Reload when the file changes.
     pub watch: bool,
@@ -59,6 +60,7 @@ pub struct PluginConfig {
 }
 
 impl PluginConfig {
+    /// The plugin at `path`, with default limits, watched, without a cache.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -166,6 +168,7 @@ impl PluginHost {
         self.shared.current.load().as_ref().map(|loaded| loaded.digest.clone())
     }
 
+    /// Its counters and latencies.
     pub fn metrics(&self) -> &metrics::PluginMetrics {
         &self.shared.env.metrics
     }
@@ -183,6 +186,7 @@ impl PluginHost {
     }
 
     /// The cost of a fresh instance: instantiate the current version once.
+    #[doc(hidden)]
     pub async fn instantiate_once(&self) -> Result<std::time::Duration, CallError> {
         self.shared.instantiate_once().await
     }
@@ -236,6 +240,7 @@ impl PluginHost {
         self.unit(Call::Authorize(connection(conn, user_data), topic.to_owned(), action)).await
     }
 
+    /// The guest's `on-subscribe` hook (the built-in subscribe by default).
     pub async fn on_subscribe(
         &self,
         conn: ConnId,
@@ -245,6 +250,7 @@ impl PluginHost {
         self.unit(Call::OnSubscribe(connection(conn, user_data), topic.to_owned())).await
     }
 
+    /// The guest's `on-unsubscribe` hook.
     pub async fn on_unsubscribe(
         &self,
         conn: ConnId,
@@ -254,6 +260,7 @@ impl PluginHost {
         self.unit(Call::OnUnsubscribe(connection(conn, user_data), topic.to_owned())).await
     }
 
+    /// The guest's `on-close` hook.
     pub async fn on_close(&self, conn: ConnId, user_data: &(impl UserDataJson + ?Sized)) -> Result<(), PolicyError> {
         self.unit(Call::OnClose(connection(conn, user_data))).await
     }
@@ -302,6 +309,7 @@ pub(crate) fn single_line(text: &str, max: usize) -> String {
 /// [`Value`] is serialized; text the host already holds (the hub keeps
 /// user data serialized) is passed as it is.
 pub trait UserDataJson {
+    /// The user data as JSON text.
     fn json(&self) -> String;
 }
 

@@ -47,14 +47,35 @@ impl Call {
 /// Why a call produced no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
+    /// No plugin is loaded.
     #[error("no plugin is loaded")]
     NoPlugin,
+    /// The call ran past its deadline and was stopped.
     #[error("plugin `{export}` exceeded its {deadline:?} deadline")]
-    Timeout { export: &'static str, deadline: std::time::Duration },
+    Timeout {
+        /// The export called.
+        export: &'static str,
+        /// Its deadline.
+        deadline: std::time::Duration,
+    },
+    /// The guest trapped (a panic, a limit, an abused import).
     #[error("plugin `{export}` trapped: {message}")]
-    Trap { export: &'static str, message: String },
+    Trap {
+        /// The export called.
+        export: &'static str,
+        /// The trap.
+        message: String,
+    },
+    /// Every instance stayed busy until the deadline.
     #[error("plugin `{export}` refused: all {limit} instances stayed busy past its {deadline:?} deadline")]
-    Busy { export: &'static str, limit: usize, deadline: std::time::Duration },
+    Busy {
+        /// The export called.
+        export: &'static str,
+        /// The instance limit.
+        limit: usize,
+        /// Its deadline.
+        deadline: std::time::Duration,
+    },
 }
 
 /// One version of the plugin, with its idle instances.

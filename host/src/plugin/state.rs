@@ -9,7 +9,7 @@ use super::metrics::PluginMetrics;
 use crate::engine::WeakPresence;
 use crate::Presence;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -41,12 +41,11 @@ impl HostEnv {
 pub struct LogLimiter {
     per_second: u64,
     window: std::sync::Mutex<(Instant, u64)>,
-    dropped: AtomicU64,
 }
 
 impl LogLimiter {
     pub fn new(per_second: u64) -> Self {
-        Self { per_second, window: std::sync::Mutex::new((Instant::now(), 0)), dropped: AtomicU64::new(0) }
+        Self { per_second, window: std::sync::Mutex::new((Instant::now(), 0)) }
     }
 
     /// True if one more line may be logged now.
@@ -59,13 +58,8 @@ impl LogLimiter {
             window.1 += 1;
             true
         } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             false
         }
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 

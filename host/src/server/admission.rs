@@ -11,12 +11,20 @@ use std::sync::{Arc, Mutex};
 /// Why an upgrade was refused before it happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// A page of this origin may not connect.
     #[error("origin {0} is not allowed (see --allowed-origins)")]
     Origin(String),
+    /// The server holds its limit of connections.
     #[error("the server holds its limit of {0} connections")]
     Full(usize),
+    /// This address holds its limit of connections.
     #[error("address {address} holds its limit of {limit} connections")]
-    AddressFull { address: IpAddr, limit: usize },
+    AddressFull {
+        /// The client's address.
+        address: IpAddr,
+        /// The per-address limit.
+        limit: usize,
+    },
 }
 
 /// Origins allowed to open a socket: `*` (any), an explicit list of
@@ -25,9 +33,12 @@ pub enum Refused {
 /// browser) are always allowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum AllowedOrigins {
+    /// The request's own host, and pages served from loopback.
     #[default]
     SameHostAndLoopback,
+    /// Any origin (`*`).
     Any,
+    /// These `scheme://host[:port]` origins.
     List(Vec<String>),
 }
 
@@ -54,6 +65,7 @@ impl AllowedOrigins {
         Ok(Self::List(list))
     }
 
+    /// Allow or refuse an upgrade request by its `Origin` (and `Host`).
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Refused> {
         let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
             return Ok(());
@@ -107,6 +119,7 @@ pub struct Ticket {
 }
 
 impl Admission {
+    /// Limits of connections in total and per client address.
     pub fn new(max_total: usize, max_per_address: usize) -> Self {
         Self { max_total, max_per_address, counts: Default::default() }
     }
@@ -129,6 +142,7 @@ impl Admission {
         Ok(Ticket { address, counts: self.counts.clone() })
     }
 
+    /// Connections admitted and not yet closed.
     pub fn open(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).total
     }

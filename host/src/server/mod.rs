@@ -15,8 +15,8 @@ pub mod admission;
 mod http;
 mod listener;
 mod metrics;
-pub mod protocol;
-pub mod session;
+mod protocol;
+mod session;
 mod ws;
 
 use crate::backend::measured::{BackendMetrics, Measured};
@@ -127,8 +127,11 @@ impl Default for ServerLimits {
 pub struct ServerConfig {
     /// `None`: the in-memory backend (one process).
     pub redis: Option<RedisOptions>,
+    /// `None`: the built-in behaviour, identities from the query string.
     pub plugin: Option<PluginConfig>,
+    /// The engine's options.
     pub options: Options,
+    /// Connection limits.
     pub limits: ServerLimits,
     /// Key of the auth preflight's session cookies; shared by every instance
     /// so a cookie works on all of them. `None`: a random key per process.
@@ -158,27 +161,46 @@ pub(crate) struct Shared {
 /// Why a server did not start; each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A limit makes no sense.
     #[error("server limits: {0}")]
     Limits(String),
+    /// Redis cannot be used.
     #[error("cannot use Redis at {url}: {source}")]
     Redis {
         /// Without its password.
         url: String,
+        /// What the backend reported.
         #[source]
         source: crate::backend::BackendError,
     },
+    /// The plugin kv's own connection to Redis failed.
     #[error("cannot use Redis at {url} for the plugin kv: {reason}")]
-    PluginKv { url: String, reason: String },
+    PluginKv {
+        /// Without its password.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The plugin cannot be loaded.
     #[error("plugin {path}: {source}")]
     Plugin {
+        /// Its file.
         path: String,
+        /// Why.
         #[source]
         source: crate::plugin::LoadError,
     },
+    /// The engine's options make no sense.
     #[error(transparent)]
     Options(#[from] crate::Error),
+    /// The session key is too short.
     #[error("the session key has {bytes} bytes; use at least {min}")]
-    SessionKey { bytes: usize, min: usize },
+    SessionKey {
+        /// Its length.
+        bytes: usize,
+        /// The least accepted.
+        min: usize,
+    },
 }
 
 /// Builds a [`PresenceServer`] (the same as filling a [`ServerConfig`]).
@@ -232,6 +254,22 @@ pub struct PresenceServer {
 
 impl PresenceServer {
     /// `PresenceServer::builder().redis(…).plugin(…).start().await`.
+    ///
+    /// ```
+    /// use presence::server::PresenceServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), presence::server::StartError> {
+    /// // In memory; add `.redis(RedisOptions::new(url))` to share presence
+    /// // between instances, `.plugin(PluginConfig::new(path))` for policy.
+    /// let server = PresenceServer::builder().start().await?;
+    /// // An axum application adds the WebSocket endpoint to its own routes.
+    /// let app: axum::Router = axum::Router::new().merge(server.ws_router());
+    /// # drop(app);
+    /// server.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
     }
@@ -331,6 +369,7 @@ impl PresenceServer {
             .with_state(self.shared.clone())
     }
 
+    /// The engine.
     pub fn presence(&self) -> &Presence {
         &self.shared.presence
     }
@@ -340,6 +379,7 @@ impl PresenceServer {
         &self.shared.hub
     }
 
+    /// The plugin, when one is configured.
     pub fn plugin(&self) -> Option<&Arc<PluginHost>> {
         self.shared.plugin.as_ref()
     }

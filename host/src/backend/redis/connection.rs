@@ -20,7 +20,9 @@ use std::time::Duration;
 /// One Redis server, or a cluster of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
+    /// One Redis server.
     Single,
+    /// A Redis Cluster.
     Cluster,
 }
 
@@ -167,7 +169,9 @@ async fn bounded<T>(
 /// sent to one node with [`RedisConnection::pipeline_to`]).
 #[derive(Clone)]
 pub enum RedisConnection {
+    /// One node, reconnecting by itself.
     Single(ConnectionManager),
+    /// A cluster, following slot moves and failovers.
     Cluster(ClusterConnection),
 }
 

@@ -9,18 +9,26 @@
 
 /// The keys and channel of one topic under one prefix.
 pub struct TopicKeys {
+    /// Hash: user key → public data shown.
     pub users: String,
+    /// Hash: user key → how many instances hold the user.
     pub refs: String,
+    /// Sorted set: instance → expiry of its hold.
     pub inst: String,
+    /// String: the last sequence number.
     pub seq: String,
+    /// String: the epoch `clear()` stamps.
     pub epoch: String,
+    /// Sorted set: `<instance><user>` for every hold.
     pub holds: String,
+    /// The pub/sub channel of the topic's events.
     pub channel: String,
 }
 
 const CHANNEL_SUFFIX: &str = "}:events";
 
 impl TopicKeys {
+    /// The names of `topic` under `prefix`.
     pub fn new(prefix: &str, topic: &str) -> Self {
         let base = format!("{prefix}{{:{topic}");
         Self {

@@ -78,6 +78,7 @@ pub struct RedisOptions {
 }
 
 impl RedisOptions {
+    /// Options for `url` with the defaults: prefix `presence`, 2 s timeout.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -288,10 +289,12 @@ impl RedisBackend {
         self.conn.clone()
     }
 
+    /// The bound on every Redis call.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
+    /// The first part of every key and channel.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
