@@ -4,8 +4,9 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-/// Prefix of the topic that carries a topic's presence events.
-pub const PRESENCE_PREFIX: &str = "__presence:";
+/// Prefix of the topic that carries a topic's presence events (one constant
+/// for the host and the guest SDK, in `presence-defaults`).
+pub use presence_defaults::PRESENCE_PREFIX;
 
 /// `__presence:<topic>`.
 pub fn presence_topic(topic: &str) -> String {

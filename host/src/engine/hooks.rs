@@ -3,7 +3,8 @@
 //! engine: `__presence:<t>` observes `t`, other `__` topics are ignored,
 //! every other topic is joined.
 
-use super::{ConnId, Error, Presence, PRESENCE_PREFIX};
+use super::{ConnId, Error, Presence};
+use presence_defaults::{route, Route};
 
 /// A hook's view of a join: one the backend cannot take right now is kept and
 /// made by the heartbeat, so for the hook (and the client) it succeeded.
@@ -26,28 +27,46 @@ impl Hooks<'_> {
     /// `__presence:<t>` → sync `t`; other `__` topics → ignored; else join
     /// (a join deferred until the backend answers counts as done).
     pub async fn subscribe(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
-        match topic.strip_prefix(PRESENCE_PREFIX) {
-            Some(watched) => self.presence.sync(conn, watched).await,
-            None if topic.starts_with("__") => Ok(()),
-            None => deferred_is_done(self.presence.join(conn, topic).await, conn, topic),
+        match route(topic) {
+            Route::Observe(watched) => self.presence.sync(conn, watched).await,
+            Route::Ignore => Ok(()),
+            Route::Join(topic) => deferred_is_done(self.presence.join(conn, topic).await, conn, topic),
         }
     }
 
     /// `__presence:<t>` → stop observing `t`; other `__` topics → ignored;
     /// else leave that topic.
     pub async fn unsubscribe(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
-        match topic.strip_prefix(PRESENCE_PREFIX) {
-            Some(watched) => {
+        match route(topic) {
+            Route::Observe(watched) => {
                 self.presence.unsync(conn, watched);
                 Ok(())
             }
-            None if topic.starts_with("__") => Ok(()),
-            None => self.presence.leave(conn, topic).await,
+            Route::Ignore => Ok(()),
+            Route::Join(topic) => self.presence.leave(conn, topic).await,
         }
     }
 
     /// Leave every topic.
     pub async fn close(&self, conn: ConnId) -> Result<(), Error> {
         self.presence.leave_all(conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use presence_defaults::{route, user_data_from_query, Route};
+    use serde_json::json;
+
+    /// The routing and the demo identity the host and the SDK share.
+    #[test]
+    fn built_in_routing_and_demo_identity() {
+        assert_eq!(route("__presence:room"), Route::Observe("room"));
+        assert_eq!(route("__presence:"), Route::Observe(""));
+        assert_eq!(route("__internal"), Route::Ignore);
+        assert_eq!(route("room"), Route::Join("room"));
+        let user = user_data_from_query("id=ada&name=A%C3%B6+B&x=%zz&id=bo&flag");
+        assert_eq!(user, json!({"id": "bo", "name": "Aö B", "x": "%zz", "flag": ""}));
+        assert_eq!(user_data_from_query(""), json!({}));
     }
 }

@@ -1,11 +1,11 @@
 //! The built-in `select` (drop `__`-prefixed and secret-looking fields,
-//! recursively), shared with the guest SDK through `presence-public-data`.
+//! recursively), shared with the guest SDK through `presence-defaults`.
 
-pub use presence_public_data::{default_select, MAX_DEPTH};
+pub use presence_defaults::{default_select, MAX_DEPTH};
 
 #[cfg(test)]
 mod tests {
-    //! Here, not in `presence-public-data`, so `cargo test --workspace` runs them.
+    //! Here, not in `presence-defaults`, so `cargo test --workspace` runs them.
     use super::*;
     use serde_json::json;
 

@@ -146,8 +146,7 @@ pub(super) async fn authenticate(
 }
 
 fn demo_user_data(query: &str) -> Value {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
-    Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+    presence_defaults::user_data_from_query(query)
 }
 
 fn upgrade_request(uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> UpgradeRequest {
