@@ -28,3 +28,6 @@ pub mod server;
 pub use backend::Backend;
 pub use engine::{ConnId, Envelope, Error, Hooks, Member, Options, Platform, Presence, PresenceBuilder, Stats};
 pub use hub::Hub;
+/// The built-in behaviours the host and the guest SDK share: the default
+/// `select`, the hooks' `__presence:` routing, the demo identity.
+pub use presence_defaults as defaults;
