@@ -84,6 +84,8 @@ async fn serve(listener: TcpListener, presence: Presence, sockets: Arc<Sockets>)
 }
 
 /// One socket: register it, route its frames to the hooks, leave on close.
+// The handshake callback's error type is tungstenite's own HTTP response.
+#[allow(clippy::result_large_err)]
 async fn connection(stream: TcpStream, presence: Presence, sockets: Arc<Sockets>) {
     let mut query = String::new();
     let read_query = |request: &Request, response: Response| {
