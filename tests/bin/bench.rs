@@ -2,7 +2,7 @@
 //! redis-server; ratios compare numbers measured in the same run.
 //!
 //! Run with: `cargo build --release -p presence --bin presenced -p presence-tests --bin bench`
-//! then `target/release/bench [engine|plugin|server|cluster]` (default: all four).
+//! then `target/release/bench [engine|plugin|server|cluster|storm]` (default: all five).
 //! `bench engine --users N --topics T --concurrency C` measures one size.
 //!
 //! engine:
@@ -23,6 +23,9 @@
 //!
 //! cluster: joins/s and a tick on one Redis and on a three-master cluster in
 //! the same run, and the time from a master's SIGKILL to full presence.
+//!
+//! storm: 20,000 clients of a SIGKILLed instance reconnect to the other at
+//! once: time to full presence, joins/s against the EVALSHA ceiling, peaks.
 
 use futures::StreamExt;
 use presence::backend::redis::{RedisBackend, RedisOptions};
@@ -36,6 +39,7 @@ use std::time::{Duration, Instant};
 mod cluster_bench;
 mod plugin_bench;
 mod server_bench;
+mod storm_bench;
 
 struct Args {
     users: usize,
@@ -64,7 +68,7 @@ impl Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [engine [--users N --topics T --concurrency C]|plugin|server|cluster|all]");
+    eprintln!("usage: bench [engine [--users N --topics T --concurrency C]|plugin|server|cluster|storm|all]");
     std::process::exit(2);
 }
 
@@ -84,12 +88,14 @@ async fn main() {
         "plugin" => plugin_bench::run().await,
         "server" => server_bench::run().await,
         "cluster" => cluster_bench::run(args.users, args.topics, args.concurrency).await,
+        "storm" => storm_bench::run().await,
         "all" => {
             engine(&args).await;
             room_sizes(&args).await;
             plugin_bench::run().await;
             server_bench::run().await;
             cluster_bench::run(args.users, args.topics, args.concurrency).await;
+            storm_bench::run().await;
         }
         _ => usage(),
     }

@@ -13,13 +13,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-struct Presenced {
+pub(crate) struct Presenced {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Presenced {
-    async fn start(redis: &str) -> Self {
+    pub async fn start(redis: &str) -> Self {
+        Self::start_with(redis, &[]).await
+    }
+
+    /// With extra flags (they win over the defaults above them).
+    pub async fn start_with(redis: &str, extra: &[&str]) -> Self {
         let binary = std::env::current_exe().unwrap().with_file_name("presenced");
         assert!(binary.exists(), "build it first: cargo build --release -p presence --bin presenced");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -27,6 +32,7 @@ impl Presenced {
             .args(["--listen", &format!("127.0.0.1:{port}"), "--redis", redis, "--send-queue-bytes", "67108864"])
             .args(["--max-connections", "100000", "--max-connections-per-address", "100000"])
             .args(["--messages-per-second", "1000", "--redis-timeout-ms", "10000"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -48,9 +54,21 @@ impl Presenced {
         ticks / 100.0 // USER_HZ
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    }
+}
+
+impl Presenced {
+    /// SIGKILL: no goodbye, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -65,8 +83,8 @@ impl Drop for Presenced {
 /// `current`), optionally subscribes, reports its first `list` or
 /// `presence_state` and forwards every `join` key it sees; keeps reading
 /// (and answering pings) until dropped.
-struct Client {
-    outgoing: mpsc::UnboundedSender<Message>,
+pub(crate) struct Client {
+    pub outgoing: mpsc::UnboundedSender<Message>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,7 +94,7 @@ impl Drop for Client {
     }
 }
 
-async fn client(
+pub(crate) async fn client(
     port: u16,
     id: &str,
     topic: Option<String>,
