@@ -88,3 +88,22 @@ async fn a_tls_cluster_with_an_acl_user_works() {
         assert_eq!(b.presence.count(topic).await.unwrap(), 0);
     }
 }
+
+/// An ACL user that may not run `INFO` (the topology probe): one URL is
+/// then taken as one Redis, and presence works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_info_still_connects() {
+    let port = redis_server::free_port();
+    let args = ["--user", "ada", "on", ">s3cret-pass", "~*", "&*", "+@all", "-info", "--user", "default", "off"];
+    let _server = RedisServer::start_with(
+        port,
+        Spec { args: args.map(str::to_owned).to_vec(), tcp_probe: true, ..Spec::default() },
+    );
+    let url = format!("redis://ada:s3cret-pass@127.0.0.1:{port}/");
+    let backend = RedisBackend::connect(options(url, None)).await.expect("connects without INFO");
+    assert_eq!(backend.topology(), presence::backend::redis::Topology::Single);
+    let instance = Instance::on(Arc::new(backend), fast_options());
+    let ada = instance.connect(json!({"id": "ada"}));
+    instance.presence.join(ada.id, "room").await.unwrap();
+    assert_eq!(keys(&instance, "room").await, ["ada"]);
+}

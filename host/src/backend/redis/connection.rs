@@ -119,16 +119,18 @@ impl Endpoint {
     /// One node answers `INFO cluster`: is it part of a cluster?
     async fn probe(&self) -> Result<Topology, BackendError> {
         let client = self.single_client()?;
-        let info: String = bounded(self.timeout, async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("INFO").arg("cluster").query_async(&mut conn).await
-        })
-        .await?;
-        Ok(if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
-            Topology::Cluster
-        } else {
-            Topology::Single
-        })
+        let mut conn = bounded(self.timeout, client.get_multiplexed_async_connection()).await?;
+        match bounded(self.timeout, redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn)).await {
+            Ok(info) if info.lines().any(|line| line.trim() == "cluster_enabled:1") => Ok(Topology::Cluster),
+            Ok(_) => Ok(Topology::Single),
+            // An ACL without INFO: the node cannot tell; a cluster is still
+            // reachable by naming several seeds.
+            Err(BackendError::Refused { reason, .. }) => {
+                tracing::warn!(%reason, "INFO is not allowed: using one Redis (name several seed URLs for a cluster)");
+                Ok(Topology::Single)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A command connection that reconnects (and, on a cluster, follows
