@@ -3,20 +3,25 @@
 //! subscribers; changes this instance made were applied when their script
 //! replied, so their echoes are ignored. After the backend's event stream was
 //! interrupted, every watched topic is read again and the difference shown —
-//! once per interruption, however many reports of it arrive meanwhile.
+//! once per interruption, however many reports of it arrive meanwhile; after
+//! one topic's events were (a cluster shard that moved), that topic only, by
+//! the same resyncer.
 
 use super::topic::Topic;
 use super::{lock, Inner};
 use crate::backend::BackendEvent;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, Mutex as AsyncMutex, Notify};
 
-/// How many interruptions were reported, and how many a finished resync covers.
+/// How many interruptions were reported, and how many a finished resync
+/// covers; and the single topics waiting to be read again.
 #[derive(Default)]
 pub(super) struct ResyncCounts {
     reported: AtomicU64,
     covered: AtomicU64,
+    topics: std::sync::Mutex<HashSet<String>>,
 }
 
 impl ResyncCounts {
@@ -52,15 +57,11 @@ pub(super) async fn pump(inner: Weak<Inner>, events: Events) {
             BackendEvent::Cleared { topic, instance, .. } if instance != inner.backend.instance() => {
                 inner.clear_local(&topic);
             }
+            // Coalesced too: a topic named twice before the resyncer runs is
+            // read once, and a full resync wanted meanwhile covers it.
             BackendEvent::TopicResynced { topic } => {
-                let topic = lock(&inner.topics).get(&topic).filter(|t| t.ready.initialized()).cloned();
-                if let Some(topic) = topic {
-                    let inner = inner.clone();
-                    tokio::spawn(async move {
-                        inner.resync_topic(&topic).await;
-                        inner.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                    });
-                }
+                lock(&inner.resyncs.topics).insert(topic);
+                inner.resync_wanted.notify_one()
             }
             // Coalesced: a resync already wanted absorbs this one.
             BackendEvent::Resynced => {
@@ -72,13 +73,20 @@ pub(super) async fn pump(inner: Weak<Inner>, events: Events) {
     }
 }
 
-/// Re-read every watched topic each time the pump asks for it.
+/// Re-read what the pump asks for: every watched topic after the event
+/// stream was interrupted, else the single topics named since the last run.
 pub(super) async fn resyncer(inner: Weak<Inner>, wanted: Arc<Notify>) {
     loop {
         wanted.notified().await;
         let Some(inner) = inner.upgrade() else { return };
         let covers = inner.resyncs.reported.load(Ordering::Acquire);
-        let topics: Vec<_> = lock(&inner.topics).values().filter(|t| t.ready.initialized()).cloned().collect();
+        let everything = inner.resyncs.pending();
+        let named = std::mem::take(&mut *lock(&inner.resyncs.topics));
+        let topics: Vec<_> = lock(&inner.topics)
+            .iter()
+            .filter(|(name, topic)| topic.ready.initialized() && (everything || named.contains(*name)))
+            .map(|(_, topic)| topic.clone())
+            .collect();
         for topic in topics {
             inner.resync_topic(&topic).await;
         }

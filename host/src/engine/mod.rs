@@ -180,8 +180,9 @@ pub(crate) struct Inner {
     topics: Mutex<HashMap<String, Arc<Topic>>>,
     conns: Mutex<HashMap<ConnId, ConnTopics>>,
     destroyed: AtomicBool,
-    /// Set when the backend's event stream was interrupted; the resyncer
-    /// takes it (several interruptions before it runs make one resync).
+    /// Set when the backend's event stream (or one topic's) was interrupted;
+    /// the resyncer takes it (several interruptions before it runs make one
+    /// resync).
     resync_wanted: Arc<Notify>,
     /// Interruptions reported, and how many of them a finished resync covers.
     resyncs: events::ResyncCounts,
