@@ -115,6 +115,11 @@ async fn closed_by_server(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// A server with fast heartbeats and these limits.
+async fn serve(limits: ServerLimits) -> Served {
+    Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await
+}
+
 fn limits() -> ServerLimits {
     ServerLimits {
         ping_interval: Duration::from_millis(300),
@@ -132,7 +137,7 @@ fn limits() -> ServerLimits {
 async fn slow_readers_under_churn_are_cut_off_and_leave() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let limits = ServerLimits { send_queue_bytes: 256 << 10, ..limits() };
-    let served = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    let served = serve(limits).await;
     let rss = RssWatch::start();
     let subscribe_room = client_frame(&json!({"topic": "room", "type": "subscribe"}).to_string());
     let mut slow = Vec::new();
@@ -199,8 +204,7 @@ async fn slow_readers_under_churn_are_cut_off_and_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_amplification_is_cut_off() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let served =
-        Served::start(ServerConfig { options: fast_options(), limits: limits(), ..ServerConfig::default() }).await;
+    let served = serve(limits()).await;
     let (hub, presence) = (served.server.hub().clone(), served.server.presence().clone());
     let bio = "m".repeat(4096);
     let mut members = Vec::new();
@@ -251,7 +255,7 @@ async fn list_amplification_is_cut_off() {
 async fn slowloris_upgrades_are_dropped() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let limits = ServerLimits { header_read_timeout: Duration::from_millis(300), ..limits() };
-    let served = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    let served = serve(limits).await;
     let rss = RssWatch::start();
     let mut dribblers = Vec::new();
     for _ in 0..100 {
@@ -287,8 +291,7 @@ async fn slowloris_upgrades_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_upgrades_are_refused() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let served =
-        Served::start(ServerConfig { options: fast_options(), limits: limits(), ..ServerConfig::default() }).await;
+    let served = serve(limits()).await;
     let own = format!("http://{}", served.addr);
     for (origin, expected) in [
         (Some("https://evil.example"), 403),
@@ -303,7 +306,7 @@ async fn cross_origin_upgrades_are_refused() {
 
     let allowed = AllowedOrigins::parse("https://app.example").unwrap();
     let limits = ServerLimits { allowed_origins: allowed, ..limits() };
-    let strict = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    let strict = serve(limits).await;
     for (origin, expected) in [(Some("https://app.example"), 101), (Some("http://localhost:5173"), 403), (None, 101)] {
         let (_, status) = raw_upgrade(strict.addr, "/ws?id=o", origin).await;
         assert_eq!(status, expected, "origin {origin:?} against an explicit list");
@@ -319,7 +322,7 @@ async fn cross_origin_upgrades_are_refused() {
 async fn a_connection_flood_is_refused_clearly() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let limits = ServerLimits { max_connections: 20, max_connections_per_address: 10, ..limits() };
-    let served = Served::start(ServerConfig { options: fast_options(), limits, ..ServerConfig::default() }).await;
+    let served = serve(limits).await;
     let rss = RssWatch::start();
     let mut open = Vec::new();
     for i in 0..10 {

@@ -141,12 +141,8 @@ pub(super) async fn authenticate(
 ) -> Result<Value, Denial> {
     match &shared.plugin {
         Some(plugin) => plugin.authenticate(upgrade_request(uri, headers, peer)).await,
-        None => Ok(demo_user_data(uri.query().unwrap_or(""))),
+        None => Ok(presence_defaults::user_data_from_query(uri.query().unwrap_or(""))),
     }
-}
-
-fn demo_user_data(query: &str) -> Value {
-    presence_defaults::user_data_from_query(query)
 }
 
 fn upgrade_request(uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> UpgradeRequest {
