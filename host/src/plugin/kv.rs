@@ -14,7 +14,9 @@
 //! one is enforced per shard (each holds its share, rounded up), so a store
 //! filled to the brim may be refused a little before the total.
 
+use crate::backend::redis::bounded;
 use crate::backend::redis::connection::Endpoint;
+use crate::backend::redis::scripts::{Call, Lua};
 use crate::backend::redis::{RedisConnection, RedisOptions};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -221,13 +223,15 @@ impl PluginKv for MemoryKv {
     }
 }
 
-fn kv_script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{}{body}", include_str!("kv_prelude.lua")))
+fn kv_script(body: &str) -> Lua {
+    Lua::new(format!("{}{body}", include_str!("kv_prelude.lua")))
 }
 
-static SET: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!("kv_set.lua")));
-static INCREMENT: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!("kv_increment.lua")));
-static DELETE: LazyLock<redis::Script> = LazyLock::new(|| kv_script(include_str!("kv_delete.lua")));
+// Called like the presence scripts (`Call::invoke`): `EVAL` where a node
+// lacks them, never a `SCRIPT LOAD` to every node of a cluster.
+static SET: LazyLock<Lua> = LazyLock::new(|| kv_script(include_str!("kv_set.lua")));
+static INCREMENT: LazyLock<Lua> = LazyLock::new(|| kv_script(include_str!("kv_increment.lua")));
+static DELETE: LazyLock<Lua> = LazyLock::new(|| kv_script(include_str!("kv_delete.lua")));
 
 /// Redis-backed store, shared by every instance using the same prefix.
 pub struct RedisKv {
@@ -268,17 +272,22 @@ impl RedisKv {
         format!("{}v:{key}", self.namespace(key))
     }
 
-    /// The value's key, then its shard's quota bookkeeping.
-    fn keys(&self, call: &mut redis::ScriptInvocation<'_>, key: &str) {
+    /// A call of `lua` on `key`'s shard: the value's key, then the
+    /// shard's quota bookkeeping.
+    fn call(&self, lua: &'static LazyLock<Lua>, key: &str) -> Call {
         let namespace = self.namespace(key);
+        let mut call = LazyLock::force(lua).call();
         call.key(format!("{namespace}v:{key}")).key(format!("{namespace}index")).key(format!("{namespace}sizes"));
+        call
     }
 
-    async fn bounded<T>(&self, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(|e| format!("kv: {e}")),
-            Err(_) => Err(format!("kv: timed out after {:?}", self.timeout)),
-        }
+    /// Run one Redis call under the timeout; errors are the guest's messages.
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        bounded(op, self.timeout, call).await.map_err(|e| format!("kv: {e}"))
     }
 
     /// `{'ok', ...}` or a quota refusal, as the scripts reply.
@@ -299,28 +308,26 @@ impl PluginKv for RedisKv {
     async fn get(&self, key: &str) -> Result<Option<String>, String> {
         check(key, None)?;
         let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("GET").arg(self.value_key(key)).query_async(&mut conn)).await
+        self.bounded("kv.get", redis::cmd("GET").arg(self.value_key(key)).query_async(&mut conn)).await
     }
 
     async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), String> {
         check(key, Some(value))?;
         let mut conn = self.conn.clone();
-        let mut call = SET.prepare_invoke();
-        self.keys(&mut call, key);
+        let mut call = self.call(&SET, key);
         call.arg(key).arg(value).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));
         call.arg(self.shard_quota.max_keys).arg(self.shard_quota.max_bytes);
-        let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<redis::Value> = self.bounded("kv.set", call.invoke(&mut conn)).await?;
         self.quota_checked(reply).map(|_| ())
     }
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String> {
         check(key, None)?;
         let mut conn = self.conn.clone();
-        let mut call = INCREMENT.prepare_invoke();
-        self.keys(&mut call, key);
+        let mut call = self.call(&INCREMENT, key);
         call.arg(key).arg(delta).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));
         call.arg(self.shard_quota.max_keys).arg(self.shard_quota.max_bytes);
-        let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<redis::Value> = self.bounded("kv.increment", call.invoke(&mut conn)).await?;
         match self.quota_checked(reply)?.get(1) {
             Some(redis::Value::Int(value)) => Ok(*value),
             other => Err(format!("kv: unexpected increment reply {other:?}")),
@@ -330,10 +337,9 @@ impl PluginKv for RedisKv {
     async fn delete(&self, key: &str) -> Result<(), String> {
         check(key, None)?;
         let mut conn = self.conn.clone();
-        let mut call = DELETE.prepare_invoke();
-        self.keys(&mut call, key);
+        let mut call = self.call(&DELETE, key);
         call.arg(key);
-        let reply: Vec<redis::Value> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<redis::Value> = self.bounded("kv.delete", call.invoke(&mut conn)).await?;
         self.quota_checked(reply).map(|_| ())
     }
 }

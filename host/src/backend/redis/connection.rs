@@ -9,7 +9,8 @@
 //!   one Redis to a cluster without changing its flags.
 //! - ACL users and passwords travel in the URL, on either topology.
 
-use super::{map_err, RedisOptions};
+use super::slots::Node;
+use super::{bounded, map_err, RedisOptions};
 use crate::backend::BackendError;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -119,8 +120,9 @@ impl Endpoint {
     /// One node answers `INFO cluster`: is it part of a cluster?
     async fn probe(&self) -> Result<Topology, BackendError> {
         let client = self.single_client()?;
-        let mut conn = bounded(self.timeout, client.get_multiplexed_async_connection()).await?;
-        match bounded(self.timeout, redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn)).await {
+        let mut conn = bounded("connect", self.timeout, client.get_multiplexed_async_connection()).await?;
+        match bounded("connect", self.timeout, redis::cmd("INFO").arg("cluster").query_async::<String>(&mut conn)).await
+        {
             Ok(info) if info.lines().any(|line| line.trim() == "cluster_enabled:1") => Ok(Topology::Cluster),
             Ok(_) => Ok(Topology::Single),
             // An ACL without INFO: the node cannot tell; a cluster is still
@@ -144,25 +146,14 @@ impl Endpoint {
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
                 let client = self.single_client()?;
-                let conn = bounded(self.timeout, client.get_connection_manager_with_config(config)).await?;
+                let conn = bounded("connect", self.timeout, client.get_connection_manager_with_config(config)).await?;
                 Ok(RedisConnection::Single(conn))
             }
             Topology::Cluster => {
                 let client = self.cluster_client(None)?;
-                Ok(RedisConnection::Cluster(bounded(self.timeout, client.get_async_connection()).await?))
+                Ok(RedisConnection::Cluster(bounded("connect", self.timeout, client.get_async_connection()).await?))
             }
         }
-    }
-}
-
-/// Run one connect-time Redis call under the timeout, mapping its error.
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, BackendError> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result.map_err(|e| map_err("connect", timeout, e)),
-        Err(_) => Err(BackendError::Timeout { op: "connect", after: timeout }),
     }
 }
 
@@ -178,30 +169,30 @@ pub enum RedisConnection {
 }
 
 impl RedisConnection {
-    /// Send `pipeline` to the node at `host:port` (a cluster's master of
-    /// every slot the pipeline touches); on one node, to that node.
-    pub async fn pipeline_to(&mut self, pipeline: &Pipeline, host: &str, port: u16) -> redis::RedisResult<Vec<Value>> {
+    /// Send `pipeline` to `node` (a cluster's master of every slot the
+    /// pipeline touches); on one node, to that node.
+    pub(crate) async fn pipeline_to(&mut self, pipeline: Pipeline, node: &Node) -> redis::RedisResult<Vec<Value>> {
+        let count = pipeline.len();
         match self {
-            RedisConnection::Single(conn) => conn.req_packed_commands(pipeline, 0, pipeline.len()).await,
-            RedisConnection::Cluster(conn) => {
-                let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port };
-                conn.route_pipeline(pipeline.clone(), 0, pipeline.len(), route).await
-            }
+            RedisConnection::Single(conn) => conn.req_packed_commands(&pipeline, 0, count).await,
+            RedisConnection::Cluster(conn) => conn.route_pipeline(pipeline, 0, count, address(node)).await,
         }
     }
 
-    /// Send one command to the node at `host:port` (SCAN, PUBSUB, per node).
-    pub async fn command_to(&mut self, command: Cmd, host: &str, port: u16) -> redis::RedisResult<Value> {
-        match self {
-            RedisConnection::Single(conn) => conn.req_packed_command(&command).await,
-            RedisConnection::Cluster(conn) => {
-                let route = redis::cluster_routing::RoutingInfo::SingleNode(
-                    redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port },
-                );
-                conn.route_command(command, route).await
+    /// Send one command to `node` (SCAN, per master); on one node, or
+    /// without a node, where the command routes itself.
+    pub(crate) async fn command_to(&mut self, command: Cmd, node: Option<&Node>) -> redis::RedisResult<Value> {
+        match (self, node) {
+            (RedisConnection::Cluster(conn), Some(node)) => {
+                conn.route_command(command, redis::cluster_routing::RoutingInfo::SingleNode(address(node))).await
             }
+            (conn, _) => conn.req_packed_command(&command).await,
         }
     }
+}
+
+fn address(node: &Node) -> redis::cluster_routing::SingleNodeRoutingInfo {
+    redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host: node.host.clone(), port: node.port }
 }
 
 impl ConnectionLike for RedisConnection {

@@ -43,6 +43,14 @@ impl TopicKeys {
     }
 }
 
+/// The cluster slot of every key and the channel of `topic`, computed as
+/// Redis does from their hash tag (`:` and the topic up to its first `}`)
+/// without building a name.
+pub fn topic_slot(topic: &str) -> u16 {
+    let tagged = topic.split('}').next().unwrap_or("");
+    super::slots::slot_of_parts(&[b":", tagged.as_bytes()])
+}
+
 /// A glob (for SCAN and PUBSUB) matching every key and channel of every
 /// topic under `prefix` (validated: no glob characters).
 pub fn pattern(prefix: &str) -> String {
@@ -82,6 +90,7 @@ mod tests {
         for topic in ["", "}", "}x", "{", "{}", "a}b", "ü"] {
             let keys = TopicKeys::new("p", topic);
             let slot = crate::backend::redis::slots::slot_of(keys.users.as_bytes());
+            assert_eq!(topic_slot(topic), slot, "{topic:?}");
             for name in [&keys.refs, &keys.inst, &keys.holds, &keys.seq, &keys.epoch, &keys.channel] {
                 assert_eq!(crate::backend::redis::slots::slot_of(name.as_bytes()), slot, "{topic:?}: {name}");
             }

@@ -31,7 +31,7 @@
 
 pub mod connection;
 mod keys;
-mod scripts;
+pub(crate) mod scripts;
 mod sharded;
 mod slots;
 mod subscriber;
@@ -114,6 +114,18 @@ pub struct RedisBackend {
     /// When a tick last refreshed the backstop expiry of every held topic's
     /// keys: once a quarter of the backstop is enough, not every tick.
     backstop_refreshed: Mutex<Option<std::time::Instant>>,
+}
+
+/// Run one Redis call under `timeout`, mapping its error.
+pub(crate) async fn bounded<T>(
+    op: &'static str,
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(|e| map_err(op, timeout, e)),
+        Err(_) => Err(BackendError::Timeout { op, after: timeout }),
+    }
 }
 
 pub(crate) fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> BackendError {
@@ -278,12 +290,6 @@ impl RedisBackend {
         std::array::from_fn(|i| (scripts::SOURCES[i].0.trim_end_matches(".lua"), all[i].script.get_hash()))
     }
 
-    /// Every script's file name and source text (without the prelude), for
-    /// tools that check them.
-    pub fn script_sources() -> [(&'static str, &'static str); 6] {
-        scripts::SOURCES
-    }
-
     /// The multiplexed command connection (e.g. for readiness checks).
     pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
@@ -303,31 +309,19 @@ impl RedisBackend {
         TopicKeys::new(&self.prefix, topic)
     }
 
-    /// Run one Redis call under the timeout, mapping its error.
+    /// Run one Redis call under the backend's timeout, mapping its error.
     async fn bounded<T>(
         &self,
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(|e| map_err(op, self.timeout, e)),
-            Err(_) => Err(BackendError::Timeout { op, after: self.timeout }),
-        }
+        bounded(op, self.timeout, call).await
     }
 
-    /// Run one script call; after a NOSCRIPT (the node restarted, or is a
-    /// promoted replica), `EVAL` it there, which also loads it.
+    /// Run one script call (see [`Call::invoke`]).
     async fn invoke<T: FromRedisValue>(&self, op: &'static str, call: Call) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
-        self.bounded(op, async {
-            match call.evalsha().query_async(&mut conn).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    call.eval().query_async(&mut conn).await
-                }
-                result => result,
-            }
-        })
-        .await
+        self.bounded(op, call.invoke(&mut conn)).await
     }
 
     /// Run a pipeline of script calls on the node of `key`; after a NOSCRIPT
@@ -388,8 +382,7 @@ impl RedisBackend {
         let table = self.slot_table(op).await?;
         let mut by_node: BTreeMap<Option<Node>, Vec<usize>> = BTreeMap::new();
         for (i, topic) in topics.iter().enumerate() {
-            // The slot of the topic's keys (their hash tag), not of its name.
-            let node = table.node_of(slots::slot_of(self.keys(topic).users.as_bytes())).cloned();
+            let node = table.node_of(keys::topic_slot(topic)).cloned();
             by_node.entry(node).or_default().push(i);
         }
         let mut replies: Vec<Option<redis::Value>> = vec![None; topics.len()];
@@ -403,8 +396,7 @@ impl RedisBackend {
             let mut conn = self.conn.clone();
             async move {
                 let node = node.as_ref().expect("unknown nodes are retried");
-                let reply = tokio::time::timeout(self.timeout, conn.pipeline_to(&pipe, &node.host, node.port)).await;
-                (indices, reply)
+                (indices, tokio::time::timeout(self.timeout, conn.pipeline_to(pipe, node)).await)
             }
         }))
         .await;
@@ -555,14 +547,7 @@ impl Backend for RedisBackend {
             loop {
                 let mut scan = redis::cmd("SCAN");
                 scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
-                let reply: redis::Value = self
-                    .bounded("clear", async {
-                        match &node {
-                            None => scan.query_async(&mut conn).await,
-                            Some(node) => conn.command_to(scan, &node.host, node.port).await,
-                        }
-                    })
-                    .await?;
+                let reply: redis::Value = self.bounded("clear", conn.command_to(scan, node.as_ref())).await?;
                 let (next, found): (u64, Vec<String>) = FromRedisValue::from_redis_value(reply)
                     .map_err(|e| BackendError::Protocol { op: "clear", reason: e.to_string() })?;
                 topics.extend(found.iter().filter_map(|key| keys::topic_of_key(&self.prefix, key)).map(str::to_owned));

@@ -16,7 +16,8 @@ pub struct Lua {
 }
 
 impl Lua {
-    fn new(text: String) -> Self {
+    /// A script from its whole text (prelude included).
+    pub(crate) fn new(text: String) -> Self {
         let script = Script::new(&text);
         Self { text, script }
     }
@@ -69,6 +70,17 @@ impl Call {
     /// `EVAL` with the whole text: loads the script where it runs.
     pub fn eval(&self) -> redis::Cmd {
         self.command("EVAL", &self.lua.text)
+    }
+
+    /// `EVALSHA`; after a NOSCRIPT (the node restarted, or is a promoted
+    /// replica), `EVAL` on the same node, which also loads it there.
+    pub async fn invoke<T: FromRedisValue>(&self, conn: &mut super::RedisConnection) -> redis::RedisResult<T> {
+        match self.evalsha().query_async(conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.eval().query_async(conn).await
+            }
+            result => result,
+        }
     }
 }
 

@@ -20,7 +20,16 @@ pub fn slot_of(key: &[u8]) -> u16 {
         },
         None => key,
     };
-    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
+    slot_of_parts(&[hashed])
+}
+
+/// The slot of a hash tag given in pieces (no allocation to join them).
+pub fn slot_of_parts(tag: &[&[u8]]) -> u16 {
+    let mut crc = crc16::State::<crc16::XMODEM>::new();
+    for part in tag {
+        crc.update(part);
+    }
+    crc.get() % SLOTS
 }
 
 /// A master's address as the cluster announces it.
