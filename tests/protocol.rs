@@ -167,11 +167,11 @@ async fn resume_and_resubscribe_get_a_fresh_state() {
     // The presence store asks for a snapshot on every open, too.
     again.send_text(r#"{"type":"presence-snapshot","topic":"room"}"#).await;
     again.send_text(r#"{"type":"resume"}"#).await; // frames are handled in order
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while again.of_type("resumed").len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no second `resumed`");
+    poll::until("a second `resumed`", DEADLINE, async || {
         again.drain_for(Duration::from_millis(50)).await;
-    }
+        poll::when(again.of_type("resumed").len() >= 2, again.of_type("resumed").len())
+    })
+    .await;
     let states = again.seen.iter().filter(|f| f["event"] == "presence_state").count();
     assert_eq!(states, 2, "the snapshot request was answered: {:#?}", again.seen);
 }
@@ -197,11 +197,12 @@ async fn a_burst_of_joins_is_coalesced_into_few_frames() {
         }
     });
     let _receivers = futures::future::join_all(joins).await;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while watcher.presence_view("burst").len() < 1001 {
-        assert!(std::time::Instant::now() < deadline, "only {} of 1001 shown", watcher.presence_view("burst").len());
+    poll::until("all 1,001 users shown", DEADLINE, async || {
         watcher.drain_for(Duration::from_millis(50)).await;
-    }
+        let shown = watcher.presence_view("burst").len();
+        poll::when(shown >= 1001, shown)
+    })
+    .await;
     let frames = watcher.seen.len() - before;
     println!("1,000 joins reached a current subscriber in {frames} frames");
     assert!(frames <= 40, "{frames} frames for 1,000 joins");

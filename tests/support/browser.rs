@@ -103,16 +103,12 @@ impl Browser {
 
     /// Poll an expression until it equals `expected`.
     pub async fn wait_for(&mut self, page: &Page, expression: &str, expected: Value) {
-        let deadline = Instant::now() + super::DEADLINE;
-        let mut last = Value::Null;
-        while Instant::now() < deadline {
-            last = self.eval(page, expression).await;
-            if last == expected {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("`{expression}` is {last}, not {expected}, after {:?}", super::DEADLINE);
+        let what = format!("`{expression}` is {expected}");
+        super::poll::until(&what, super::DEADLINE, async || {
+            let seen = self.eval(page, expression).await;
+            super::poll::when(seen == expected, seen)
+        })
+        .await
     }
 
     pub async fn screenshot(&mut self, page: &Page, path: &std::path::Path) {

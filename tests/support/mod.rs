@@ -4,6 +4,7 @@
 
 pub mod guests;
 pub mod model;
+pub mod poll;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod slow;
@@ -216,20 +217,13 @@ impl Client {
     }
 }
 
-/// Poll `check` until it is true or the deadline passes.
+/// [`poll::until`] `check` is true, within [`DEADLINE`].
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not true within {DEADLINE:?}: {what}");
+    poll::until(what, DEADLINE, async || poll::when(check().await, "false")).await
 }
 
 /// Resident memory of this process, in KiB (from `/proc/self/status`).

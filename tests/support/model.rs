@@ -20,12 +20,12 @@
 //! cleanup (its holds must expire), as a crashed process would leave them.
 //! Operations within one step run concurrently, at most one per user.
 
-use crate::{fast_options, Client, Instance, RedisServer, Store};
+use crate::{fast_options, poll, Client, Instance, RedisServer, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One run's size.
 #[derive(Debug, Clone, Copy)]
@@ -110,13 +110,10 @@ async fn observe_every_topic(instance: &Instance, topics: usize) -> Result<Vec<C
     let mut observers = Vec::new();
     for t in 0..topics {
         let observer = instance.connect(json!({"id": format!("observer-{t}")}));
-        let deadline = Instant::now() + SETTLE_DEADLINE;
-        while let Err(e) = instance.presence.sync(observer.id, &topic_name(t)).await {
-            if Instant::now() > deadline {
-                return Err(format!("an observer cannot sync: {e}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll::try_until("an observer syncs", SETTLE_DEADLINE, async || {
+            instance.presence.sync(observer.id, &topic_name(t)).await
+        })
+        .await?;
         observers.push(observer);
     }
     Ok(observers)
@@ -340,26 +337,19 @@ impl World {
     async fn clear(&mut self) -> Result<(), String> {
         let live = self.live();
         let n = live[self.rng.random_range(0..live.len())];
-        let deadline = Instant::now() + SETTLE_DEADLINE;
         // Redis may still be coming back from an earlier fault.
-        while let Err(e) = self.nodes[n].as_ref().unwrap().instance.presence.clear().await {
-            if Instant::now() > deadline {
-                return Err(format!("clear failed: {e}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let presence = &self.nodes[n].as_ref().unwrap().instance.presence;
+        poll::try_until("clear() succeeds", SETTLE_DEADLINE, || presence.clear()).await?;
         for &i in &live {
             let node = self.nodes[i].as_mut().unwrap();
             for tab in node.tabs.drain(..) {
                 node.instance.hub.disconnect(tab.client.id);
             }
-            let deadline = Instant::now() + SETTLE_DEADLINE;
-            while node.instance.presence.local_topics() > 0 {
-                if Instant::now() > deadline {
-                    return Err(format!("instance {i} still has topics after clear()"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            poll::try_until(&format!("instance {i} has no topics after clear()"), SETTLE_DEADLINE, async || {
+                let topics = node.instance.presence.local_topics();
+                poll::when(topics == 0, topics)
+            })
+            .await?;
             for observer in node.observers.drain(..) {
                 node.instance.hub.disconnect(observer.id);
             }
@@ -388,15 +378,17 @@ impl World {
     /// Wait until every instance noticed its event stream broke and read its
     /// topics again, so the fault is over before the round's next step.
     async fn await_resyncs(&self, before: Vec<(usize, u64)>) -> Result<(), String> {
-        let deadline = Instant::now() + SETTLE_DEADLINE;
         for (i, count) in before {
             let node = self.nodes[i].as_ref().unwrap();
-            while node.instance.presence.stats().resyncs <= count {
-                if Instant::now() > deadline {
-                    return Err(format!("instance {i} never resynced after its event stream broke"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            poll::try_until(
+                &format!("instance {i} resyncs after its event stream broke"),
+                SETTLE_DEADLINE,
+                async || {
+                    let resyncs = node.instance.presence.stats().resyncs;
+                    poll::when(resyncs > count, resyncs)
+                },
+            )
+            .await?;
         }
         Ok(())
     }
@@ -408,17 +400,20 @@ impl World {
     /// Wait for the quiet state and compare it with the model.
     async fn check(&mut self) -> Result<(), String> {
         self.report.checks += 1;
-        let deadline = Instant::now() + SETTLE_DEADLINE;
-        loop {
-            match self.compare().await {
-                Ok(()) => break,
-                Err(Fatal(e)) => return Err(e),
-                Err(NotYet(e)) if Instant::now() > deadline => {
-                    return Err(format!("not settled within {SETTLE_DEADLINE:?}: {e}"))
-                }
-                Err(NotYet(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+        let mut fatal = None;
+        let settled = poll::try_until("the state settles", SETTLE_DEADLINE, async || match self.compare().await {
+            Err(Fatal(e)) => {
+                fatal = Some(e);
+                Ok(())
             }
+            Err(NotYet(e)) => Err(e),
+            Ok(()) => Ok(()),
+        })
+        .await;
+        if let Some(e) = fatal {
+            return Err(e);
         }
+        settled?;
         // Exact transition counts, for rounds without faults or repairs.
         let repairs = self.repairs();
         let clean = !self.faulty_round && repairs == self.repairs_at_check;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the cluster may take to agree on its state.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -187,14 +187,13 @@ impl RedisCluster {
     }
 
     pub fn wait_settled(&self) {
-        let deadline = Instant::now() + SETTLE;
-        while Instant::now() < deadline {
+        super::poll::until_blocking("the cluster settles", SETTLE, || {
             if self.settled() {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{:#?}", self.masters()))
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the cluster did not settle within {SETTLE:?}: {:#?}", self.masters());
+        });
     }
 
     fn masters_seen_by(&self, port: u16) -> Option<Vec<Master>> {

@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct RedisServer {
     port: u16,
@@ -76,15 +76,10 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (run .ci/run, or apt-get install redis-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.ping() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!("redis-server on port {} did not answer PING within 10 s; log:\n{log}", self.port);
+        let what = format!("redis-server on port {} answers PING", self.port);
+        super::poll::until_blocking(&what, Duration::from_secs(10), || {
+            super::poll::when(self.ping(), format_args!("log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+        });
     }
 
     fn ping(&self) -> bool {
