@@ -3,7 +3,7 @@
 //! three-master Redis Cluster (shared by the binary, a key prefix per test).
 
 use presence::engine::{presence_topic, select_fn};
-use presence::{Error, Options};
+use presence::{ConnId, Error, Options};
 use presence_tests::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -189,8 +189,8 @@ async fn leave_one_topic_or_all(store: Store) {
 /// Leaving with an unknown connection or topic is a no-op.
 async fn leave_is_safe_for_unknown_connections_and_topics(store: Store) {
     let a = Instance::start(&store, fast_options()).await;
-    a.presence.leave_all(424242).await.unwrap();
-    a.presence.leave(424242, "nowhere").await.unwrap();
+    a.presence.leave_all(ConnId::new(424242)).await.unwrap();
+    a.presence.leave(ConnId::new(424242), "nowhere").await.unwrap();
     let alice = a.connect(json!({"id": "alice"}));
     a.presence.join(alice.id, "room").await.unwrap();
     a.presence.leave(alice.id, "elsewhere").await.unwrap();
@@ -431,7 +431,7 @@ async fn oversized_data_and_bad_topics_are_refused_without_trace(store: Store) {
     assert!(err.to_string().contains("empty"), "{err}");
     let err = a.presence.join(big.id, &"t".repeat(5000)).await.unwrap_err();
     assert!(err.to_string().contains("topic limit"), "{err}");
-    assert!(matches!(a.presence.join(999_999, "room").await, Err(Error::UnknownConnection(_))));
+    assert!(matches!(a.presence.join(ConnId::new(999_999), "room").await, Err(Error::UnknownConnection(_))));
     assert_eq!(a.presence.count("room").await.unwrap(), 0);
     assert!(!a.hub.is_subscribed(big.id, &presence_topic("room")));
 }

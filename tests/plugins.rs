@@ -4,7 +4,7 @@
 
 use presence::plugin::kv::MemoryKv;
 use presence::plugin::{Action, LoadError, PluginConfig, PluginHost, UpgradeRequest};
-use presence::{Hub, Presence};
+use presence::{ConnId, Hub, Presence};
 use presence_tests::guests::{build_guest, build_wat_guest, deploy, Scratch};
 use presence_tests::*;
 use serde_json::{json, Value};
@@ -312,12 +312,12 @@ async fn token_gate_authenticates_and_authorizes_by_role() {
         assert_eq!((denial.status, denial.reason.as_str()), (401, why));
     }
 
-    plugin.authorize(1, &user, "lobby", Action::Subscribe).await.unwrap();
-    plugin.authorize(1, &user, "team:red", Action::Observe).await.unwrap();
-    let refused = plugin.authorize(1, &user, "team:blue", Action::Subscribe).await.unwrap_err();
+    plugin.authorize(ConnId::new(1), &user, "lobby", Action::Subscribe).await.unwrap();
+    plugin.authorize(ConnId::new(1), &user, "team:red", Action::Observe).await.unwrap();
+    let refused = plugin.authorize(ConnId::new(1), &user, "team:blue", Action::Subscribe).await.unwrap_err();
     assert!(matches!(&refused, presence::plugin::PolicyError::Denied(r) if r.contains("needs a role")), "{refused}");
     let admin = json!({"id": "root", "roles": ["admin"]});
-    plugin.authorize(2, &admin, "team:blue", Action::Subscribe).await.unwrap();
+    plugin.authorize(ConnId::new(2), &admin, "team:blue", Action::Subscribe).await.unwrap();
 }
 
 /// The hook-wrapping example: presence only in `room-*` topics, and joins
@@ -421,7 +421,7 @@ async fn table_and_memory_bombs_hit_their_limits() {
     let plugin = host(&bomb).await;
     let before = rss_kib();
     for _ in 0..20 {
-        let refused = plugin.authorize(1, &json!({"id": "x"}), "t", Action::Subscribe).await.unwrap_err();
+        let refused = plugin.authorize(ConnId::new(1), &json!({"id": "x"}), "t", Action::Subscribe).await.unwrap_err();
         let message = refused.to_string();
         assert!(message.contains("table limit reached: at most 100000 elements"), "{message}");
     }
@@ -455,7 +455,7 @@ async fn an_instance_flood_is_bounded() {
     let calls: Vec<_> = (0..12)
         .map(|i| {
             let (plugin, user) = (plugin.clone(), user.clone());
-            tokio::spawn(async move { plugin.on_subscribe(i, &user, &format!("hang-{i}")).await })
+            tokio::spawn(async move { plugin.on_subscribe(ConnId::new(i), &user, &format!("hang-{i}")).await })
         })
         .collect();
     let mut peak = 0;

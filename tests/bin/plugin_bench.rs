@@ -84,7 +84,10 @@ pub async fn run() {
         ),
         (
             "authorize",
-            sample(N, |_| async { plugin.authorize(1, &user, "room", Action::Subscribe).await.unwrap() }).await,
+            sample(N, |_| async {
+                plugin.authorize(presence::ConnId::new(1), &user, "room", Action::Subscribe).await.unwrap()
+            })
+            .await,
         ),
         (
             "authenticate",

@@ -95,7 +95,7 @@ async fn connection(stream: TcpStream, presence: Presence, sockets: Arc<Sockets>
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, read_query).await else { return };
     let (mut write, mut read) = ws.split();
     let (out, mut frames) = mpsc::unbounded_channel::<String>();
-    let conn = sockets.next.fetch_add(1, Ordering::Relaxed) + 1;
+    let conn = ConnId::new(sockets.next.fetch_add(1, Ordering::Relaxed) + 1);
     let user_data = presence::defaults::user_data_from_query(&query);
     sockets.lock().insert(conn, Socket { user_data, topics: HashSet::new(), out });
     let writer = tokio::spawn(async move {

@@ -38,9 +38,27 @@ use async_trait::async_trait;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// The underlying error of a failed backend operation (a `redis::RedisError`
+/// for the Redis backend, reachable with `downcast_ref`). Shared, so a
+/// [`BackendError`] stays `Clone` and can reach every waiter of one call.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
 /// What went wrong talking to the backend. Every operation is bounded in time:
 /// an unreachable or stalled Redis yields [`BackendError::Timeout`] or
 /// [`BackendError::Unavailable`], never a hang.
+///
+/// The message names the operation and what the store said; the store's own
+/// error stays reachable as the [`source`](std::error::Error::source).
+///
+/// ```
+/// use presence::backend::BackendError;
+/// use std::error::Error as _;
+///
+/// let e = BackendError::unavailable("join", std::io::Error::other("connection refused"));
+/// assert!(e.outcome_unknown());
+/// assert_eq!(e.to_string(), "backend unavailable during `join`: connection refused");
+/// assert!(e.source().is_some());
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// No answer in time (a stalled or partitioned Redis); the operation
@@ -54,12 +72,13 @@ pub enum BackendError {
     },
     /// The connection failed (refused, dropped, a cluster between owners of
     /// a slot); the operation may or may not have been applied.
-    #[error("backend unavailable during `{op}`: {reason}")]
+    #[error("backend unavailable during `{op}`: {cause}")]
     Unavailable {
         /// The operation.
         op: &'static str,
         /// What the connection reported.
-        reason: String,
+        #[source]
+        cause: Cause,
     },
     /// A reply the backend could not use (a script error, a bad value).
     #[error("backend sent an unexpected reply to `{op}`: {reason}")]
@@ -68,14 +87,18 @@ pub enum BackendError {
         op: &'static str,
         /// What was wrong with the reply.
         reason: String,
+        /// The store's error, when it sent one.
+        #[source]
+        cause: Option<Cause>,
     },
     /// Redis refused the credentials or the command (ACL).
-    #[error("Redis refused `{op}`: {reason} (check the user and password in the URL, and the user's ACL)")]
+    #[error("Redis refused `{op}`: {cause} (check the user and password in the URL, and the user's ACL)")]
     Refused {
         /// The operation.
         op: &'static str,
         /// Redis's refusal.
-        reason: String,
+        #[source]
+        cause: Cause,
     },
     /// The backend's configuration is wrong (a bad key prefix or URL):
     /// nothing was tried.
@@ -91,6 +114,16 @@ impl BackendError {
     /// (the reply was lost): the caller must compensate.
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, BackendError::Timeout { .. } | BackendError::Unavailable { .. })
+    }
+
+    /// [`BackendError::Unavailable`] for `op`, caused by `cause`.
+    pub fn unavailable(op: &'static str, cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        BackendError::Unavailable { op, cause: Cause::from(cause.into()) }
+    }
+
+    /// [`BackendError::Protocol`] for `op`: a reply that could not be used.
+    pub fn protocol(op: &'static str, reason: impl Into<String>) -> Self {
+        BackendError::Protocol { op, reason: reason.into(), cause: None }
     }
 }
 

@@ -76,6 +76,14 @@ pub enum Error {
     /// the heartbeat makes it once the backend answers.
     #[error("{0}; the join is kept and will be made when the backend answers")]
     Deferred(#[source] BackendError),
+    /// `clear()` ran twice while this join was being made (each time
+    /// dropping the topic's state); nothing of the join stays behind and it
+    /// may be tried again.
+    #[error("topic {topic:?} was cleared while the join was being made; try again")]
+    ClearedWhileJoining {
+        /// The topic.
+        topic: String,
+    },
     /// The engine was destroyed.
     #[error("presence has been destroyed")]
     Destroyed,

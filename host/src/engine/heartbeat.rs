@@ -188,9 +188,8 @@ impl Inner {
         let mut failure = None;
         for (i, (key, mut slot, needed)) in owed.into_iter().enumerate() {
             let outcome: Result<HoldOutcome, _> = match &outcomes {
-                Ok(outcomes) => outcomes.get(i).cloned().ok_or_else(|| BackendError::Protocol {
-                    op: "apply",
-                    reason: format!("{} outcomes for {} changes", outcomes.len(), changes_len),
+                Ok(outcomes) => outcomes.get(i).cloned().ok_or_else(|| {
+                    BackendError::protocol("apply", format!("{} outcomes for {} changes", outcomes.len(), changes_len))
                 }),
                 Err(e) => Err(e.clone()),
             };

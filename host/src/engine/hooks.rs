@@ -11,7 +11,7 @@ use presence_defaults::{route, Route};
 pub(crate) fn deferred_is_done(result: Result<(), Error>, conn: ConnId, topic: &str) -> Result<(), Error> {
     match result {
         Err(Error::Deferred(e)) => {
-            tracing::info!(conn, topic, error = %e, "join deferred until the backend answers");
+            tracing::info!(%conn, topic, error = %e, "join deferred until the backend answers");
             Ok(())
         }
         other => other,

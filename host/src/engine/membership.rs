@@ -241,10 +241,7 @@ impl Inner {
                 }
             }
         }
-        Err(Error::Backend(BackendError::Protocol {
-            op: "join",
-            reason: "the topic was cleared twice while joining".into(),
-        }))
+        Err(Error::ClearedWhileJoining { topic: name.to_owned() })
     }
 
     pub(super) async fn leave_all(&self, conn: ConnId) -> Result<(), Error> {

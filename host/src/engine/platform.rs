@@ -1,11 +1,41 @@
 //! The seam between the engine and whatever carries connections (the
 //! `presenced` WebSocket server, an embedding application, tests).
 
+use super::replica::Replica;
 use super::Envelope;
 use serde_json::Value;
 
 /// A connection's id, unique within one engine instance.
-pub type ConnId = u64;
+///
+/// The platform that owns the connections mints them; the engine only
+/// compares and stores them.
+///
+/// ```
+/// use presence::ConnId;
+/// let conn = ConnId::new(7);
+/// assert_eq!(conn.get(), 7);
+/// assert_eq!(conn.to_string(), "7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The id for the platform's connection number `raw`.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The platform's connection number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// What the engine needs from the server that owns the connections.
 ///

@@ -131,7 +131,7 @@ impl Hub {
     /// Register a connection; frames for it arrive on the [`Outbox`], at
     /// most `queue_bytes` of them waiting before the connection is cut off.
     pub fn connect(&self, user_data: Value, queue_bytes: usize) -> (ConnId, Outbox) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = ConnId::new(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let (queue, outbox) = outbox::channel(queue_bytes);
         let user_data = user_data.to_string().into();
         self.lock().conns.insert(id, Conn { user_data, queue, topics: HashSet::new(), current: None });

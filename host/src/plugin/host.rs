@@ -50,14 +50,16 @@ impl GuestState {
 }
 
 impl presence::Host for GuestState {
-    async fn join(&mut self, conn: ConnId, topic: String) -> HostResult<()> {
+    async fn join(&mut self, conn: u64, topic: String) -> HostResult<()> {
+        let conn = ConnId::new(conn);
         self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
             deferred_is_done(p.join(conn, &topic).await, conn, &topic).map_err(|e| e.to_string())
         })
         .await
     }
 
-    async fn leave(&mut self, conn: ConnId, topic: Option<String>) -> HostResult<()> {
+    async fn leave(&mut self, conn: u64, topic: Option<String>) -> HostResult<()> {
+        let conn = ConnId::new(conn);
         self.with_presence(topic.as_deref().map_or(Ok(()), |t| self.check_name("topic", t)), |p, ()| async move {
             match topic.as_deref() {
                 Some(topic) => p.leave(conn, topic).await,
@@ -68,14 +70,16 @@ impl presence::Host for GuestState {
         .await
     }
 
-    async fn sync(&mut self, conn: ConnId, topic: String) -> HostResult<()> {
+    async fn sync(&mut self, conn: u64, topic: String) -> HostResult<()> {
+        let conn = ConnId::new(conn);
         self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
             p.sync(conn, &topic).await.map_err(|e| e.to_string())
         })
         .await
     }
 
-    async fn unsync(&mut self, conn: ConnId, topic: String) -> wasmtime::Result<()> {
+    async fn unsync(&mut self, conn: u64, topic: String) -> wasmtime::Result<()> {
+        let conn = ConnId::new(conn);
         let _ = self
             .with_presence(self.check_name("topic", &topic), |p, ()| async move {
                 p.unsync(conn, &topic);
@@ -109,7 +113,8 @@ impl presence::Host for GuestState {
         .await
     }
 
-    async fn send(&mut self, conn: ConnId, topic: String, event: String, data: String) -> HostResult<()> {
+    async fn send(&mut self, conn: u64, topic: String, event: String, data: String) -> HostResult<()> {
+        let conn = ConnId::new(conn);
         let data = self.envelope_parts(&topic, &event, "send data", data);
         self.with_presence(data, |p, data| async move {
             p.send(conn, &Envelope::new(topic, event, data));

@@ -326,7 +326,7 @@ impl UserDataJson for str {
 }
 
 fn connection(id: ConnId, user_data: &(impl UserDataJson + ?Sized)) -> Connection {
-    Connection { id, user_data: user_data.json() }
+    Connection { id: id.get(), user_data: user_data.json() }
 }
 
 impl Shared {

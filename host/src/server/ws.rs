@@ -359,12 +359,12 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
     // are large, and every idle connection's task would otherwise hold them.
     if let Some(plugin) = &shared.plugin {
         if let Err(e) = Box::pin(plugin.on_close(conn, &*session.user_data)).await {
-            tracing::warn!(conn, error = %e, "plugin on-close failed");
+            tracing::warn!(%conn, error = %e, "plugin on-close failed");
         }
     }
     // Whatever the hook did, a closed connection never lingers in presence.
     if let Err(e) = Box::pin(shared.presence.leave_all(conn)).await {
-        tracing::warn!(conn, error = %e, "leave on close failed; the heartbeat will finish it");
+        tracing::warn!(%conn, error = %e, "leave on close failed; the heartbeat will finish it");
     }
     shared.hub.disconnect(conn);
     shared.metrics.connections_open.fetch_sub(1, Relaxed);
@@ -467,7 +467,7 @@ impl Session {
             (Ok(()), None) => {}
             (Err(refusal), reference) => {
                 self.shared.metrics.frames_refused.fetch_add(1, Relaxed);
-                tracing::debug!(conn = self.conn, topic, reason = refusal.reason.word(), message = %refusal.message, "subscribe denied");
+                tracing::debug!(conn = %self.conn, topic, reason = refusal.reason.word(), message = %refusal.message, "subscribe denied");
                 match reference {
                     Some(reference) => self.send(protocol::subscribe_denied(topic, reference, &refusal.reason)),
                     None => self.refuse_legacy(&refusal),
@@ -497,7 +497,7 @@ impl Session {
             plugin.authorize(self.conn, &*self.user_data, subject, action).await.map_err(|e| match e {
                 PolicyError::Denied(reason) => refuse(DenialReason::from_policy(&reason), "denied", reason),
                 error @ (PolicyError::Failed(_) | PolicyError::InvalidOutput(_)) => {
-                    tracing::warn!(conn = self.conn, topic, %error, "authorize failed; denied");
+                    tracing::warn!(conn = %self.conn, topic, %error, "authorize failed; denied");
                     refuse(DenialReason::InternalError, "denied", "the policy is unavailable".into())
                 }
             })?;
@@ -520,7 +520,7 @@ impl Session {
             match limit_word(&message) {
                 Some(word) => refuse(DenialReason::Policy(word.into()), "limit", message),
                 None => {
-                    tracing::warn!(conn = self.conn, topic, error = %message, "subscribe hook failed");
+                    tracing::warn!(conn = %self.conn, topic, error = %message, "subscribe hook failed");
                     refuse(DenialReason::InternalError, "failed", message)
                 }
             }

@@ -127,8 +127,8 @@ impl Endpoint {
             Ok(_) => Ok(Topology::Single),
             // An ACL without INFO: the node cannot tell; a cluster is still
             // reachable by naming several seeds.
-            Err(BackendError::Refused { reason, .. }) => {
-                tracing::warn!(%reason, "INFO is not allowed: using one Redis (name several seed URLs for a cluster)");
+            Err(BackendError::Refused { cause, .. }) => {
+                tracing::warn!(reason = %cause, "INFO is not allowed: using one Redis (name several seed URLs for a cluster)");
                 Ok(Topology::Single)
             }
             Err(e) => Err(e),

@@ -52,7 +52,7 @@ use slots::{Node, SlotTable};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subscriber::{Command, Subscriber};
 use tokio::sync::{mpsc, oneshot};
@@ -135,7 +135,7 @@ pub(crate) fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> Bac
         e.kind(),
         redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
     ) {
-        BackendError::Refused { op, reason: e.to_string() }
+        BackendError::Refused { op, cause: Arc::new(e) }
     } else if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -147,9 +147,9 @@ pub(crate) fn map_err(op: &'static str, timeout: Duration, e: RedisError) -> Bac
                 | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown | redis::ServerErrorKind::BusyLoading)
         )
     {
-        BackendError::Unavailable { op, reason: e.to_string() }
+        BackendError::Unavailable { op, cause: Arc::new(e) }
     } else {
-        BackendError::Protocol { op, reason: e.to_string() }
+        BackendError::Protocol { op, reason: e.to_string(), cause: Some(Arc::new(e)) }
     }
 }
 
@@ -352,7 +352,7 @@ impl RedisBackend {
         }
         let mut conn = self.conn.clone();
         let reply: redis::Value = self.bounded(op, redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn)).await?;
-        let table = SlotTable::parse(&reply).map_err(|reason| BackendError::Protocol { op, reason })?;
+        let table = SlotTable::parse(&reply).map_err(|reason| BackendError::protocol(op, reason))?;
         *self.slot_table.lock().unwrap_or_else(|p| p.into_inner()) = Some(table.clone());
         Ok(table)
     }
@@ -482,7 +482,7 @@ impl Backend for RedisBackend {
                         scripts::LeaveReply::from_redis_value(reply).map(|r| HoldOutcome::Released(r.0))
                     }
                 };
-                outcomes.push(parsed.map_err(|e| BackendError::Protocol { op: "apply", reason: e.to_string() })?);
+                outcomes.push(parsed.map_err(|e| BackendError::protocol("apply", e.to_string()))?);
             }
         }
         Ok(outcomes)
@@ -524,7 +524,7 @@ impl Backend for RedisBackend {
         let mut reports = Vec::with_capacity(replies.len());
         for reply in replies {
             let scripts::TickReply(report, redis_now) = scripts::TickReply::from_redis_value(reply)
-                .map_err(|e| BackendError::Protocol { op: "tick", reason: e.to_string() })?;
+                .map_err(|e| BackendError::protocol("tick", e.to_string()))?;
             if reports.is_empty() {
                 self.note_skew(redis_now, local_now);
             }
@@ -549,7 +549,7 @@ impl Backend for RedisBackend {
                 scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
                 let reply: redis::Value = self.bounded("clear", conn.command_to(scan, node.as_ref())).await?;
                 let (next, found): (u64, Vec<String>) = FromRedisValue::from_redis_value(reply)
-                    .map_err(|e| BackendError::Protocol { op: "clear", reason: e.to_string() })?;
+                    .map_err(|e| BackendError::protocol("clear", e.to_string()))?;
                 topics.extend(found.iter().filter_map(|key| keys::topic_of_key(&self.prefix, key)).map(str::to_owned));
                 cursor = next;
                 if cursor == 0 {

@@ -82,7 +82,7 @@ impl Subscriber {
 }
 
 pub(super) fn unavailable(reason: impl ToString) -> BackendError {
-    BackendError::Unavailable { op: "subscribe", reason: reason.to_string() }
+    BackendError::unavailable("subscribe", reason.to_string())
 }
 
 /// Why a session ended.
