@@ -26,7 +26,9 @@ pub mod plugin;
 pub mod server;
 
 pub use backend::Backend;
-pub use engine::{ConnId, Envelope, Error, Hooks, Member, Options, Platform, Presence, PresenceBuilder, Stats};
+pub use engine::{
+    ConnId, Envelope, Error, Hooks, Member, Members, Options, Platform, Presence, PresenceBuilder, Stats,
+};
 pub use hub::Hub;
 /// The built-in behaviours the host and the guest SDK share: the default
 /// `select`, the hooks' `__presence:` routing, the demo identity.

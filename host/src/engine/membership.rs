@@ -14,7 +14,7 @@
 //! Only a refusal (invalid input, a `select` error, a protocol error) undoes it.
 
 use super::topic::{Needed, Remote, Slot, SlotConn, Topic, TopicState};
-use super::{lock, presence_topic, ConnId, Error, Inner};
+use super::{lock, presence_topic, ConnId, Error, Inner, Members};
 use crate::backend::{BackendError, ChangeKind, HoldChange, HoldOutcome, HoldTerms, JoinOutcome, LeaveOutcome};
 use std::sync::Arc;
 
@@ -160,7 +160,7 @@ impl Inner {
 
     /// Send the topic's `list` (its members now) to one connection.
     fn send_list(&self, conn: ConnId, name: &str, state: &TopicState) {
-        state.replica.with_list(|list| self.platform.send_list(conn, name, list));
+        self.platform.send_list(conn, name, &Members::new(&state.replica));
     }
 
     /// The slot's connections that have not had the list yet get it now, and
@@ -169,13 +169,12 @@ impl Inner {
         if state.detached || slot.conns.iter().all(|c| c.listed) {
             return;
         }
-        state.replica.with_list(|list| {
-            for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
-                pending.listed = true;
-                self.platform.subscribe(pending.conn, &presence_topic(name));
-                self.platform.send_list(pending.conn, name, list);
-            }
-        });
+        let members = Members::new(&state.replica);
+        for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
+            pending.listed = true;
+            self.platform.subscribe(pending.conn, &presence_topic(name));
+            self.platform.send_list(pending.conn, name, &members);
+        }
     }
 
     pub(super) async fn join(&self, conn: ConnId, name: &str) -> Result<(), Error> {

@@ -39,7 +39,7 @@ pub use error::{limit_word, Error};
 pub(crate) use hooks::deferred_is_done;
 pub use hooks::Hooks;
 pub use options::{select_fn, Options, SelectFn};
-pub use platform::{ConnId, Platform};
+pub use platform::{ConnId, Members, Platform};
 pub use supervisor::Health;
 
 use crate::backend::{Backend, ChangeKind};

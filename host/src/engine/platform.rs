@@ -51,12 +51,12 @@ pub trait Platform: Send + Sync + 'static {
     fn unsubscribe(&self, conn: ConnId, topic: &str);
     /// Send one envelope to one connection.
     fn send(&self, conn: ConnId, envelope: &Envelope);
-    /// Send `topic`'s `list` (a JSON array of `{"key","data"}` the engine
-    /// built, valid by construction) to one connection. The default wraps it
-    /// in an [`Envelope`]; a platform can skip that step's JSON validation,
-    /// which costs as much as the copy for a room of thousands.
-    fn send_list(&self, conn: ConnId, topic: &str, members_json: &str) {
-        self.send(conn, &Envelope::list(topic, members_json.to_owned()));
+    /// Send `topic`'s members (its `list`) to one connection. The default
+    /// wraps [`Members::list_json`] in an [`Envelope`]; a platform can write
+    /// either encoding straight into its frame instead, skipping that step's
+    /// JSON validation, which costs as much as the copy for a room of thousands.
+    fn send_list(&self, conn: ConnId, topic: &str, members: &Members<'_>) {
+        self.send(conn, &Envelope::list(topic, members.list_json().to_owned()));
     }
     /// Send one envelope to every local connection subscribed to `topic`.
     fn publish(&self, topic: &str, envelope: &Envelope);
@@ -64,5 +64,38 @@ pub trait Platform: Send + Sync + 'static {
     fn is_open(&self, conn: ConnId) -> bool {
         let _ = conn;
         true
+    }
+}
+
+/// A topic's members as the engine hands them to [`Platform::send_list`]:
+/// serialized, valid JSON by construction, built at most once per change of
+/// the topic and shared by every connection that receives them.
+pub struct Members<'a> {
+    replica: Option<&'a Replica>,
+}
+
+impl<'a> Members<'a> {
+    pub(crate) fn new(replica: &'a Replica) -> Self {
+        Self { replica: Some(replica) }
+    }
+
+    /// `[{"key":…,"data":…},…]`: the data of a legacy `list` event.
+    pub fn list_json(&self) -> &'a str {
+        self.replica.map_or("[]", Replica::list_json)
+    }
+
+    /// `{"<key>":<data>,…}`: the data of a current `presence_state` event.
+    pub fn map_json(&self) -> &'a str {
+        self.replica.map_or("{}", Replica::map_json)
+    }
+
+    /// How many members there are.
+    pub fn len(&self) -> usize {
+        self.replica.map_or(0, Replica::len)
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

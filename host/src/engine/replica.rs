@@ -12,14 +12,16 @@
 //! nothing. So each client's stream stays consistent: `join` only for users it
 //! does not list, `leave` only for users it does.
 //!
-//! The `list` every joiner receives is kept serialized: a join appends its
-//! member to it, any other change drops it, and the next `list` rebuilds it
-//! once. A burst of joins into a big room then costs each joiner a copy of
-//! the bytes it receives, not a walk over every member.
+//! The members every joiner receives are kept serialized, in both encodings
+//! clients read (the legacy `list` array and the current `presence_state`
+//! map), each built only once something asks for it: a join appends its
+//! member to them, any other change drops them, and the next joiner rebuilds
+//! them once. A burst of joins into a big room then costs each joiner a copy
+//! of the bytes it receives, not a walk over every member.
 
 use super::envelope::member_json;
 use crate::backend::{ChangeKind, Snapshot};
-use std::cell::RefCell;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -32,8 +34,11 @@ pub(crate) struct Replica {
     high: u64,
     /// Members present (entries that are not tombstones).
     present: usize,
-    /// The members as a JSON array, while it is known to be current.
-    list: RefCell<Option<String>>,
+    /// The members as a JSON array (`[{"key":…,"data":…},…]`), while it is
+    /// known to be current.
+    list: OnceCell<String>,
+    /// The members as a JSON map (`{key: data,…}`), while it is known to be current.
+    map: OnceCell<String>,
 }
 
 struct Entry {
@@ -67,8 +72,8 @@ impl Replica {
         let old = self.entries.insert(key.to_owned(), Entry::new(seq, key, new)).and_then(|e| e.data);
         let shown = self.shown(kind, old, data);
         match &shown {
-            Some((ChangeKind::Join, _)) => self.append_to_list(key),
-            Some(_) => *self.list.get_mut() = None,
+            Some((ChangeKind::Join, _)) => self.append_encoded(key),
+            Some(_) => self.drop_encoded(),
             None => {}
         }
         shown
@@ -91,17 +96,20 @@ impl Replica {
         }
     }
 
-    /// A member joined: add it to the serialized list, if there is one.
-    fn append_to_list(&mut self, key: &str) {
-        let (Some(list), Some(entry)) = (self.list.get_mut().as_mut(), self.entries.get(key)) else {
-            return;
-        };
-        list.pop(); // the closing `]`
-        if list.len() > 1 {
-            list.push(',');
+    /// A member joined: add it to the encodings that are built.
+    fn append_encoded(&mut self, key: &str) {
+        let Some(entry) = self.entries.get(key) else { return };
+        if let Some(list) = self.list.get_mut() {
+            append(list, &entry.member);
         }
-        list.push_str(&entry.member);
-        list.push(']');
+        if let (Some(map), Some(data)) = (self.map.get_mut(), entry.data.as_deref()) {
+            append(map, &map_entry(key, data));
+        }
+    }
+
+    fn drop_encoded(&mut self) {
+        self.list.take();
+        self.map.take();
     }
 
     /// The newest sequence number this replica reflects.
@@ -149,7 +157,7 @@ impl Replica {
         self.floor = self.floor.max(floor);
         self.high = self.high.max(floor);
         self.present = self.entries.values().filter(|e| e.data.is_some()).count();
-        *self.list.get_mut() = None;
+        self.drop_encoded();
         shown
     }
 
@@ -158,21 +166,29 @@ impl Replica {
         self.entries.iter().filter_map(|(k, e)| e.data.as_deref().map(|d| (k.as_str(), d)))
     }
 
-    /// The members as a JSON array, for a `list`, without copying it: built
-    /// once per change other than a join (a join appends to it).
-    pub fn with_list<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        let mut list = self.list.borrow_mut();
-        f(list.get_or_insert_with(|| {
-            let mut json = String::from("[");
+    /// The members as a JSON array (`[{"key":…,"data":…},…]`, a legacy
+    /// `list`), without copying it: built once per change other than a join
+    /// (a join appends to it).
+    pub fn list_json(&self) -> &str {
+        self.list.get_or_init(|| {
+            let mut json = String::from("[]");
             for entry in self.entries.values().filter(|e| e.data.is_some()) {
-                if json.len() > 1 {
-                    json.push(',');
-                }
-                json.push_str(&entry.member);
+                append(&mut json, &entry.member);
             }
-            json.push(']');
             json
-        }))
+        })
+    }
+
+    /// The members as a JSON map (`{key: data,…}`, a current
+    /// `presence_state`), kept the same way as [`Replica::list_json`].
+    pub fn map_json(&self) -> &str {
+        self.map.get_or_init(|| {
+            let mut json = String::from("{}");
+            for (key, data) in self.members() {
+                append(&mut json, &map_entry(key, data));
+            }
+            json
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -184,6 +200,21 @@ impl Replica {
         let now = Instant::now();
         self.entries.retain(|_, e| e.data.is_some() || now.duration_since(e.since) < age);
     }
+}
+
+/// Add `item` to a JSON array or map (`[…]`, `{…}`) in place.
+fn append(json: &mut String, item: &str) {
+    let close = json.pop().expect("an encoding ends with its bracket");
+    if json.len() > 1 {
+        json.push(',');
+    }
+    json.push_str(item);
+    json.push(close);
+}
+
+/// `"key":data`, one entry of the map encoding.
+fn map_entry(key: &str, data: &str) -> String {
+    format!("{}:{data}", serde_json::to_string(key).expect("strings serialise"))
 }
 
 #[cfg(test)]
@@ -221,18 +252,24 @@ mod tests {
         assert_eq!((r.len(), r.high()), (1, 11));
     }
 
-    /// The serialized list follows every change: joins are appended to it,
-    /// anything else rebuilds it.
+    /// Both kept encodings follow every change: joins are appended to them,
+    /// anything else rebuilds them.
     #[test]
-    fn the_kept_list_matches_the_members() {
+    fn the_kept_encodings_match_the_members() {
         let members = |r: &Replica| {
-            let list: Vec<serde_json::Value> = r.with_list(|list| serde_json::from_str(list).unwrap());
+            let list: Vec<serde_json::Value> = serde_json::from_str(r.list_json()).unwrap();
             let mut keys: Vec<String> = list.iter().map(|m| m["key"].as_str().unwrap().to_owned()).collect();
             keys.sort();
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r.map_json()).unwrap();
+            let from_map: Vec<String> = map.keys().cloned().collect();
+            assert_eq!(keys, from_map, "both encodings list the same members");
+            for member in &list {
+                assert_eq!(map[member["key"].as_str().unwrap()], member["data"]);
+            }
             keys
         };
         let mut r = Replica::default();
-        assert_eq!(r.with_list(str::to_owned), "[]");
+        assert_eq!((r.list_json(), r.map_json()), ("[]", "{}"));
         r.apply(1, Join, "a", "1");
         r.apply(2, Join, "b", "2");
         assert_eq!(members(&r), ["a", "b"]);
@@ -241,7 +278,8 @@ mod tests {
         r.apply(4, Leave, "b", "null");
         assert_eq!(members(&r), ["a", "c"]);
         r.apply(5, Updated, "a", "9");
-        assert!(r.with_list(|list| list.contains(r#"{"key":"a","data":9}"#)));
+        assert!(r.list_json().contains(r#"{"key":"a","data":9}"#));
+        assert!(r.map_json().contains(r#""a":9"#));
         r.install(&snapshot(10, &[("z", "0")]));
         assert_eq!(members(&r), ["z"]);
         r.apply(11, Join, "y", "1");

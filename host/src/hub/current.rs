@@ -88,22 +88,6 @@ pub(super) fn event_frame(topic: &str, event: &str, data: &str, seq: u64) -> Str
     )
 }
 
-/// A `list` (`[{"key","data"},…]`) as a `presence_state` (`{key: data}`).
-pub(super) fn state_frame(presence_topic: &str, list: &str, seq: u64) -> String {
-    let members: Vec<Member> = serde_json::from_str(list).unwrap_or_default();
-    let mut data = String::from("{");
-    for (i, member) in members.iter().enumerate() {
-        if i > 0 {
-            data.push(',');
-        }
-        data.push_str(&serde_json::to_string(&member.key).expect("strings serialise"));
-        data.push(':');
-        data.push_str(member.data.get());
-    }
-    data.push('}');
-    event_frame(presence_topic, "presence_state", &data, seq)
-}
-
 /// Several event frames of one flush as one `{"type":"batch","events":[…]}`.
 pub(super) fn batch_frame(frames: &[std::sync::Arc<str>]) -> String {
     let mut json = String::from(r#"{"type":"batch","events":["#);
@@ -140,13 +124,5 @@ mod tests {
         let frame: Value = serde_json::from_str(&diff.frame("__presence:t", 7)).unwrap();
         assert_eq!(frame["seq"], 7);
         assert_eq!(frame["data"], json!({"joins": {"b": {"v": 2}, "c": {"v": 3}}, "leaves": {"a": {"v": 1}}}));
-    }
-
-    #[test]
-    fn list_becomes_state() {
-        let list = raw(json!([{"key": "a", "data": {"n": 1}}, {"key": "b\"", "data": null}]));
-        let frame: Value = serde_json::from_str(&state_frame("__presence:t", list.get(), 3)).unwrap();
-        assert_eq!(frame["event"], "presence_state");
-        assert_eq!(frame["data"], json!({"a": {"n": 1}, "b\"": null}));
     }
 }

@@ -20,7 +20,7 @@ mod outbox;
 
 pub use outbox::Outbox;
 
-use crate::engine::{presence_topic, ConnId, Envelope, Platform, PRESENCE_PREFIX};
+use crate::engine::{presence_topic, ConnId, Envelope, Members, Platform, PRESENCE_PREFIX};
 use current::Diff;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -291,16 +291,16 @@ impl Platform for Hub {
         }
     }
 
-    /// A `list` built by the engine: one copy into the connection's frame, a
-    /// `presence_state` for a current connection.
-    fn send_list(&self, conn: ConnId, topic: &str, members_json: &str) {
+    /// Members serialized by the engine: one copy into the connection's
+    /// frame, a `presence_state` for a current connection.
+    fn send_list(&self, conn: ConnId, topic: &str, members: &Members<'_>) {
         let presence = presence_topic(topic);
         let mut state = self.lock();
         let frame: Frame = if state.is_current(conn) {
             let seq = state.seqs.get(&presence).copied().unwrap_or(0);
-            current::state_frame(&presence, members_json, seq).into()
+            current::event_frame(&presence, "presence_state", members.map_json(), seq).into()
         } else {
-            legacy_list_frame(&presence, members_json).into()
+            legacy_list_frame(&presence, members.list_json()).into()
         };
         self.count_delivery(&mut state, conn, &frame);
     }
