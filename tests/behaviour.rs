@@ -52,6 +52,7 @@ on_every_backend!(
     mass_disconnect_cleans_up,
     oversized_data_and_bad_topics_are_refused_without_trace,
     caps_refuse_joins_whole_and_clearly,
+    big_topics_show_counts_not_members,
 );
 
 /// Joining sends the joiner a `list` that includes itself, and subscribes it
@@ -382,6 +383,58 @@ async fn heartbeat_envelope_carries_live_keys(store: Store) {
     assert_eq!(beat["data"], json!(["alice"]));
     a.presence.tick().await;
     assert!(observer.events("heartbeat").is_empty());
+}
+
+/// A count-only topic, across two instances: beyond its threshold its
+/// subscribers get an empty list, then coalesced `count` events instead of
+/// member events and heartbeats; a tenth below it, the full list again.
+async fn big_topics_show_counts_not_members(store: Store) {
+    let options = Options {
+        count_only: [("big:".to_owned(), 10)].into(),
+        count_window: Duration::from_millis(50),
+        ..fast_options()
+    };
+    let a = Instance::start(&store, options.clone()).await;
+    let b = Instance::start(&store, options).await;
+    let mut watcher = b.connect(json!({"id": "watcher"}));
+    b.presence.sync(watcher.id, "big:hall").await.unwrap();
+    let mut small_watcher = b.connect(json!({"id": "small"}));
+    b.presence.sync(small_watcher.id, "small:hall").await.unwrap();
+    let users: Vec<Client> = (0..200).map(|i| a.connect(json!({"id": format!("u{i}")}))).collect();
+    let joins = users.iter().map(|u| a.presence.join(u.id, "big:hall"));
+    futures::future::try_join_all(joins).await.unwrap();
+    a.presence.join(users[0].id, "small:hall").await.unwrap();
+
+    let last = watcher.wait_for("count", |n| n == &json!(200)).await;
+    assert_eq!(last["topic"], "__presence:big:hall");
+    let lists = watcher.events("list");
+    assert!(lists.len() >= 2, "the sync's list, then one on entering the mode: {lists:?}");
+    assert_eq!(lists.last().unwrap()["data"], json!([]), "entering the mode empties the list: {lists:?}");
+    let member_events = watcher.events("join").len();
+    assert!(member_events <= 10, "{member_events} joins shown beyond the threshold");
+    let counts = watcher.events("count").len();
+    assert!(counts <= 25, "200 joins became {counts} count events, not a handful");
+    // Other topics are untouched; a late subscriber gets the count at once.
+    small_watcher.wait_for("join", |d| d["key"] == "u0").await;
+    let mut late = a.connect(json!({"id": "late"}));
+    a.presence.sync(late.id, "big:hall").await.unwrap();
+    assert_eq!(late.wait_for("list", |_| true).await["data"], json!([]));
+    late.wait_for("count", |n| n == &json!(200)).await;
+    // No heartbeat envelope lists the 200 keys.
+    a.presence.tick().await;
+    b.presence.tick().await;
+    assert!(watcher.events("heartbeat").is_empty() && late.events("heartbeat").is_empty());
+
+    // Down to 9 users (a tenth below 10): the full list comes back, then events.
+    for user in &users[9..] {
+        a.close(user).await;
+    }
+    let list = watcher.wait_for("list", |l| l.as_array().is_some_and(|l| l.len() == 9)).await;
+    let mut shown: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["key"].as_str().unwrap()).collect();
+    shown.sort();
+    assert_eq!(shown, ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"]);
+    a.close(&users[8]).await;
+    watcher.wait_for("leave", |d| d["key"] == "u8").await;
 }
 
 /// User keys and topics with separators, braces and unicode are just bytes.

@@ -197,10 +197,10 @@ async fn misfit_components_are_refused_in_plain_words() {
     assert!(matches!(err, LoadError::CoreModule) && err.to_string().contains("wasm32-wasip2"), "{err}");
     let err = load(build_guest("tests/guests/other-world")).await;
     assert!(matches!(err, LoadError::MissingExport { .. }), "{err}");
-    assert!(err.to_string().contains("presence:plugin/guest@0.1.0"), "{err}");
+    assert!(err.to_string().contains("presence:plugin/guest@0.1.1"), "{err}");
     let err = load(build_guest("tests/guests/wrong-version")).await;
     assert!(matches!(err, LoadError::Version { .. }), "{err}");
-    assert!(err.to_string().contains("0.2.0") && err.to_string().contains("0.1.0"), "{err}");
+    assert!(err.to_string().contains("0.2.0") && err.to_string().contains("0.1.1"), "{err}");
     let err = load(scratch.path("missing.wasm")).await;
     assert!(matches!(err, LoadError::Read { .. }), "{err}");
 }
@@ -388,6 +388,34 @@ async fn rooms_guest_across_instances(redis: presence::backend::redis::RedisOpti
     for kv in stores {
         assert_eq!(kv.get("joins:ada").await.unwrap().as_deref(), Some("6"), "both instances see one counter");
     }
+}
+
+/// A plugin sets count-only rules: the rooms guest makes rooms beyond 100
+/// users show their observers a count instead of members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_makes_big_rooms_count_only() {
+    let wasm = build_guest("examples/rooms-guest");
+    let plugin = PluginHost::start(PluginConfig::new(&wasm), Arc::new(MemoryKv::default())).await.unwrap();
+    let hub = Hub::new();
+    let options = presence::Options { count_window: Duration::from_millis(20), ..fast_options() };
+    let presence = Presence::builder(Arc::new(presence::backend::memory::MemoryStore::new().backend()), hub.clone())
+        .options(options)
+        .policy(&plugin)
+        .build()
+        .unwrap();
+    let instance = Instance { presence: presence.clone(), hub: hub.clone() };
+    let mut observer = instance.connect(json!({"id": "observer"}));
+    presence.sync(observer.id, "room-stadium").await.unwrap();
+    let mut receivers = Vec::new();
+    for i in 0..101 {
+        let user = json!({"id": format!("fan-{i}")});
+        let (conn, rx) = hub.connect(user.clone(), 1 << 20);
+        receivers.push(rx);
+        plugin.on_subscribe(conn, &user, "room-stadium").await.unwrap();
+    }
+    observer.wait_for("count", |n| n == &json!(101)).await;
+    assert_eq!(observer.events("join").len(), 100, "members are shown up to the plugin's threshold");
+    assert_eq!(observer.last_list_keys(), Vec::<String>::new(), "then replaced by the count");
 }
 
 /// The same `select` policy written in Python (componentize-py) loads and

@@ -208,6 +208,42 @@ async fn a_burst_of_joins_is_coalesced_into_few_frames() {
     assert!(frames <= 40, "{frames} frames for 1,000 joins");
 }
 
+/// A count-only topic, seen by a current client: beyond the threshold its
+/// presence is an empty `presence_state`, then `count` events; back under
+/// it, the full `presence_state` and diffs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_only_topic_reaches_current_clients_as_counts() {
+    let options = Options {
+        count_only: [("big:".to_owned(), 5)].into(),
+        count_window: Duration::from_millis(20),
+        ..fast_options()
+    };
+    let served = Served::start(ServerConfig { options, ..config() }).await;
+    let mut watcher = current(&served, "id=watcher").await;
+    watcher.subscribe_ref("big:hall", 1).await;
+    watcher.wait_frame("state", |f| f["event"] == "presence_state").await;
+    let (presence, hub) = (served.server.presence().clone(), served.server.hub().clone());
+    let mut users = Vec::new();
+    for i in 0..20 {
+        let (conn, rx) = hub.connect(json!({"id": format!("u{i}")}), 1 << 20);
+        presence.join(conn, "big:hall").await.unwrap();
+        users.push((conn, rx));
+    }
+    let count = watcher.wait_frame("count 21", |f| f["event"] == "count" && f["data"] == 21).await;
+    assert_eq!(count["topic"], "__presence:big:hall");
+    assert!(watcher.presence_view("big:hall").is_empty(), "the members were replaced by the count");
+    for (conn, _) in users.drain(4..) {
+        presence.leave_all(conn).await.unwrap();
+        hub.disconnect(conn);
+    }
+    poll::until("the members are shown again", DEADLINE, async || {
+        watcher.drain_for(Duration::from_millis(20)).await;
+        let view = watcher.presence_view("big:hall");
+        poll::when(view.len() == 5, view)
+    })
+    .await;
+}
+
 /// Close codes a client acts on: an upgrade the plugin refuses is accepted
 /// and closed 4401 or 4403 with the plugin's reason (never an HTTP status a
 /// browser retries forever); a current client that floods is closed 4429;

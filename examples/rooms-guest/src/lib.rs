@@ -6,6 +6,8 @@
 //! - Joins are rate-limited per user across every instance: at most
 //!   `JOINS_PER_WINDOW` per `WINDOW_MS`, counted in the plugin key-value store
 //!   (Redis when the host runs on Redis).
+//! - Rooms list their members up to `LISTED_MEMBERS` users; bigger rooms show
+//!   their subscribers only a count (the host's count-only mode).
 //! - Every refusal is logged through the host.
 //!
 //! Build with: `cargo build --release --target wasm32-wasip2 --manifest-path examples/rooms-guest/Cargo.toml`
@@ -15,6 +17,7 @@ use serde_json::Value;
 
 const JOINS_PER_WINDOW: i64 = 5;
 const WINDOW_MS: u64 = 10_000;
+const LISTED_MEMBERS: u64 = 100;
 
 fn is_room(topic: &str) -> bool {
     topic.strip_prefix("room-").is_some_and(|name| {
@@ -39,6 +42,9 @@ impl Plugin for Rooms {
             log::log(log::Level::Warn, &format!("{who} is joining too fast ({joins} joins in the window)"));
             return Err(format!("rate limited: at most {JOINS_PER_WINDOW} joins per {} s", WINDOW_MS / 1000));
         }
+        // Set before the join, so the room is counted from its first change
+        // (setting the same rule again costs the host nothing).
+        presence::count_only("room-", Some(LISTED_MEMBERS))?;
         presence::join(conn.id, &topic)
     }
 }

@@ -96,6 +96,14 @@ struct Cli {
     /// Topics this instance may serve at once.
     #[arg(long, env = "PRESENCE_MAX_TOPICS", default_value_t = 100_000, value_parser = at_least_one())]
     max_topics: u64,
+    /// Count-only topics: `PREFIX=N` makes topics starting with PREFIX show
+    /// only their member count once they list more than N users (repeat the
+    /// flag, or separate rules with commas; the longest prefix wins).
+    #[arg(long, env = "PRESENCE_COUNT_ONLY", value_delimiter = ',', value_parser = count_rule)]
+    count_only: Vec<(String, u64)>,
+    /// At most one `count` event per count-only topic per this many milliseconds.
+    #[arg(long, env = "PRESENCE_COUNT_WINDOW_MS", default_value_t = 1000)]
+    count_window_ms: u64,
     /// Largest client frame, in bytes.
     #[arg(long, env = "PRESENCE_MAX_FRAME_BYTES", default_value_t = 16 * 1024, value_parser = at_least_one())]
     max_frame_bytes: u64,
@@ -211,6 +219,8 @@ impl Cli {
                 max_key_bytes: self.max_key_bytes as usize,
                 max_topics_per_connection: self.max_topics_per_connection as usize,
                 max_topics_per_instance: self.max_topics as usize,
+                count_only: self.count_only.iter().cloned().collect(),
+                count_window: Duration::from_millis(self.count_window_ms),
                 ..Options::default()
             },
             limits: ServerLimits {
@@ -282,4 +292,11 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
     Ok(())
+}
+
+/// One `--count-only` rule: `PREFIX=N`.
+fn count_rule(rule: &str) -> Result<(String, u64), String> {
+    let (prefix, above) = rule.rsplit_once('=').ok_or_else(|| format!("{rule:?} is not PREFIX=N"))?;
+    let above = above.parse().map_err(|_| format!("{above:?} in {rule:?} is not a number of users"))?;
+    Ok((prefix.to_owned(), above))
 }

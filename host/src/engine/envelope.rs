@@ -47,6 +47,11 @@ impl Envelope {
         Self::new(presence_topic(topic), "list", raw(members_json))
     }
 
+    /// `count`: how many users a count-only topic lists.
+    pub fn count(topic: &str, members: usize) -> Self {
+        Self::new(presence_topic(topic), "count", raw(members.to_string()))
+    }
+
     /// `heartbeat`: the keys still alive.
     pub fn heartbeat<'a>(topic: &str, keys: impl Iterator<Item = &'a str>) -> Self {
         let keys: Vec<&str> = keys.collect();

@@ -43,14 +43,7 @@ pub(super) async fn pump(inner: Weak<Inner>, events: Events) {
                 if let Some(topic) = topic {
                     let mut state = topic.lock();
                     if !state.detached {
-                        inner.show(
-                            &change.topic,
-                            &mut state.replica,
-                            change.seq,
-                            change.kind,
-                            &change.key,
-                            &change.data,
-                        );
+                        inner.show(&change.topic, &mut state, change.seq, change.kind, &change.key, &change.data);
                     }
                 }
             }
@@ -115,7 +108,7 @@ impl Inner {
                 true
             } else {
                 for (kind, key, data) in state.replica.install(&snapshot) {
-                    self.announce(&topic.name, kind, &key, &data);
+                    self.announce(&topic.name, &mut state, kind, &key, &data);
                 }
                 false
             }

@@ -152,7 +152,7 @@ impl Inner {
         for (topic, _, _) in &ready {
             let mut state = topic.lock();
             state.replica.prune(tombstone_age);
-            if !state.detached && !state.replica.is_empty() {
+            if !state.detached && !state.replica.is_empty() && !state.counting.active() {
                 let keys = state.replica.members().map(|(key, _)| key);
                 self.platform.publish(&super::presence_topic(&topic.name), &Envelope::heartbeat(&topic.name, keys));
             }

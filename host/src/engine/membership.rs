@@ -14,7 +14,7 @@
 //! Only a refusal (invalid input, a `select` error, a protocol error) undoes it.
 
 use super::topic::{Needed, Remote, Slot, SlotConn, Topic, TopicState};
-use super::{lock, presence_topic, ConnId, Error, Inner, Members};
+use super::{lock, presence_topic, ConnId, Envelope, Error, Inner, Members};
 use crate::backend::{BackendError, ChangeKind, HoldChange, HoldOutcome, HoldTerms, JoinOutcome, LeaveOutcome};
 use std::sync::Arc;
 
@@ -81,7 +81,7 @@ impl Inner {
                 let mut state = topic.lock();
                 state.epoch = snapshot.epoch.clone();
                 for (kind, key, data) in state.replica.install(&snapshot) {
-                    self.announce(&topic.name, kind, &key, &data);
+                    self.announce(&topic.name, &mut state, kind, &key, &data);
                 }
                 Ok(())
             })
@@ -130,7 +130,7 @@ impl Inner {
                 };
                 let mut state = topic.lock();
                 if let Some((seq, kind)) = shown.filter(|_| !state.detached) {
-                    self.show(&topic.name, &mut state.replica, seq, kind, key, &data);
+                    self.show(&topic.name, &mut state, seq, kind, key, &data);
                 }
                 slot.shown = Some(data);
                 // Connections whose join the store could not take at first
@@ -144,7 +144,7 @@ impl Inner {
                 if let LeaveOutcome::Left { seq, data } = outcome {
                     let mut state = topic.lock();
                     if !state.detached {
-                        self.show(&topic.name, &mut state.replica, seq, ChangeKind::Leave, key, &data);
+                        self.show(&topic.name, &mut state, seq, ChangeKind::Leave, key, &data);
                     }
                 }
                 Ok(Settled::Done)
@@ -158,9 +158,15 @@ impl Inner {
         }
     }
 
-    /// Send the topic's `list` (its members now) to one connection.
+    /// Send the topic's `list` (its members now) to one connection; for a
+    /// count-only topic, an empty one and the count.
     fn send_list(&self, conn: ConnId, name: &str, state: &TopicState) {
-        self.platform.send_list(conn, name, &Members::new(&state.replica));
+        if state.counting.active() {
+            self.platform.send_list(conn, name, &Members::none());
+            self.platform.send(conn, &Envelope::count(name, state.replica.len()));
+        } else {
+            self.platform.send_list(conn, name, &Members::new(&state.replica));
+        }
     }
 
     /// The slot's connections that have not had the list yet get it now, and
@@ -169,11 +175,10 @@ impl Inner {
         if state.detached || slot.conns.iter().all(|c| c.listed) {
             return;
         }
-        let members = Members::new(&state.replica);
         for pending in slot.conns.iter_mut().filter(|c| !c.listed) {
             pending.listed = true;
             self.platform.subscribe(pending.conn, &presence_topic(name));
-            self.platform.send_list(pending.conn, name, &members);
+            self.send_list(pending.conn, name, state);
         }
     }
 

@@ -19,6 +19,7 @@
 //! is cancelled (a plugin deadline, a dropped request): see `finish`.
 
 mod builder;
+mod counting;
 mod envelope;
 mod error;
 mod events;
@@ -43,7 +44,7 @@ pub use platform::{ConnId, Members, Platform};
 pub use supervisor::Health;
 
 use crate::backend::{Backend, ChangeKind};
-use replica::Replica;
+use counting::Mode;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -52,7 +53,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use supervisor::Supervisor;
 use tokio::sync::Notify;
-use topic::{ConnTopics, Topic};
+use topic::{ConnTopics, Topic, TopicState};
 
 /// One member of a topic, as `list` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -186,6 +187,11 @@ pub(crate) struct Inner {
     resync_wanted: Arc<Notify>,
     /// Interruptions reported, and how many of them a finished resync covers.
     resyncs: events::ResyncCounts,
+    /// Which topics count instead of listing members.
+    count_rules: counting::CountRules,
+    /// Count-only topics whose count changed since the last `count` event.
+    counts_due: Mutex<std::collections::HashSet<String>>,
+    counts_wanted: Arc<Notify>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,6 +208,8 @@ impl Presence {
             reason: "its event stream is already used by another engine".into(),
         })?;
         let resync_wanted = Arc::new(Notify::new());
+        let counts_wanted = Arc::new(Notify::new());
+        let count_rules = counting::CountRules::new(options.count_only.clone());
         let inner = Arc::new(Inner {
             stats: Counters::default(),
             backend,
@@ -212,6 +220,9 @@ impl Presence {
             destroyed: AtomicBool::new(false),
             resync_wanted: resync_wanted.clone(),
             resyncs: events::ResyncCounts::default(),
+            count_rules,
+            counts_due: Mutex::default(),
+            counts_wanted: counts_wanted.clone(),
         });
         let supervisor = Arc::new(Supervisor::default());
         let events: events::Events = Arc::new(tokio::sync::Mutex::new(events));
@@ -223,6 +234,10 @@ impl Presence {
         supervisor.spawn("resync", {
             let weak = weak.clone();
             move || Box::pin(events::resyncer(weak.clone(), resync_wanted.clone()))
+        });
+        supervisor.spawn("counts", {
+            let weak = weak.clone();
+            move || Box::pin(counting::publisher(weak.clone(), counts_wanted.clone()))
         });
         supervisor.spawn("heartbeat", move || Box::pin(heartbeat::run(weak.clone())));
         let lifetime = Arc::new(Lifetime { inner: inner.clone(), supervisor: supervisor.clone() });
@@ -422,6 +437,50 @@ impl Presence {
         self.inner.platform.send(conn, envelope);
     }
 
+    /// Make topics starting with `prefix` count-only beyond `above` members
+    /// (`None`: remove the rule), on this instance, as the
+    /// [`Options::count_only`] rules do; the longest matching prefix wins.
+    ///
+    /// A count-only topic shows its subscribers on `__presence:<topic>` its
+    /// number of users instead of its members: `{"event":"count","data":N}`,
+    /// at most once per [`Options::count_window`], and no member events or
+    /// heartbeat envelopes, so a topic of 100,000 users costs each subscriber
+    /// one small frame per window. A topic enters the mode when it lists more
+    /// than `above` users (its subscribers are then sent an empty list, then
+    /// the count) and leaves it at a tenth below (they are sent the full
+    /// list), so a room at the edge does not flap. A rule applies to a topic
+    /// from its next change. Plugins set rules with `presence.count-only`.
+    ///
+    /// ```
+    /// # use presence::backend::memory::MemoryStore;
+    /// # use presence::{Hub, Presence};
+    /// # use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), presence::Error> {
+    /// # let hub = Hub::new();
+    /// # let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone()).build()?;
+    /// presence.set_count_only("stadium:", Some(1))?;
+    /// let (fan, mut frames) = hub.connect(serde_json::json!({"id": "fan"}), 1 << 20);
+    /// let (other, _) = hub.connect(serde_json::json!({"id": "other"}), 1 << 20);
+    /// presence.join(fan, "stadium:final").await?;
+    /// presence.join(other, "stadium:final").await?; // 2 users: more than 1
+    /// let _list = frames.try_recv();
+    /// let empty = frames.try_recv().expect("an empty list replaces the members");
+    /// assert!(empty.contains(r#""event":"list","data":[]"#));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_count_only(&self, prefix: &str, above: Option<u64>) -> Result<(), Error> {
+        let invalid = |reason: String| Err(Error::InvalidOption { name: "count_only", reason });
+        if prefix.len() > self.inner.options.max_topic_bytes {
+            return invalid(format!("the prefix is {} bytes, longer than max_topic_bytes", prefix.len()));
+        }
+        if !self.inner.count_rules.set(prefix, above) {
+            return invalid(format!("at most {} rules", counting::MAX_RULES));
+        }
+        Ok(())
+    }
+
     /// The ready-made hooks: `subscribe`, `unsubscribe`, `close`.
     pub fn hooks(&self) -> Hooks<'_> {
         Hooks { presence: self }
@@ -472,22 +531,40 @@ impl Inner {
         Ok(json)
     }
 
-    /// Tell the topic's local subscribers about a change.
-    fn announce(&self, topic: &str, kind: ChangeKind, key: &str, data: &str) {
+    /// Tell the topic's local subscribers about a change its replica shows:
+    /// the change itself, or, for a count-only topic, its count (soon).
+    fn announce(&self, topic: &str, state: &mut TopicState, kind: ChangeKind, key: &str, data: &str) {
         let counter = match kind {
             ChangeKind::Join => &self.stats.joins,
             ChangeKind::Leave => &self.stats.leaves,
             ChangeKind::Updated => &self.stats.updates,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.platform.publish(&presence_topic(topic), &Envelope::member(topic, kind.event(), key, data));
+        match state.counting.update(&self.count_rules, topic, state.replica.len()) {
+            Mode::Members => {
+                self.platform.publish(&presence_topic(topic), &Envelope::member(topic, kind.event(), key, data))
+            }
+            Mode::Counting => self.count_due(topic),
+            Mode::Entered => {
+                self.platform.publish_list(topic, &Members::none());
+                self.count_due(topic);
+            }
+            Mode::Left => self.platform.publish_list(topic, &Members::new(&state.replica)),
+        }
     }
 
     /// Apply a change this instance made (or learned) to the replica and show
     /// clients what it changed for them, if anything.
-    fn show(&self, topic: &str, replica: &mut Replica, seq: u64, kind: ChangeKind, key: &str, data: &str) {
-        if let Some((kind, data)) = replica.apply(seq, kind, key, data) {
-            self.announce(topic, kind, key, &data);
+    fn show(&self, topic: &str, state: &mut TopicState, seq: u64, kind: ChangeKind, key: &str, data: &str) {
+        if let Some((kind, data)) = state.replica.apply(seq, kind, key, data) {
+            self.announce(topic, state, kind, key, &data);
+        }
+    }
+
+    /// A `count` event is owed to the topic's subscribers.
+    fn count_due(&self, topic: &str) {
+        if lock(&self.counts_due).insert(topic.to_owned()) {
+            self.counts_wanted.notify_one();
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::Error;
 use futures::future::BoxFuture;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,14 @@ pub struct Options {
     pub max_topics_per_connection: usize,
     /// Topics this instance may serve at once (default 100,000).
     pub max_topics_per_instance: usize,
+    /// Count-only topics: topic prefix → `above`. A topic whose name starts
+    /// with the prefix (the longest matching one wins; `""` matches every
+    /// topic) shows its subscribers only its member count once it lists more
+    /// than `above` users (default: none). See [`super::Presence::set_count_only`].
+    pub count_only: BTreeMap<String, u64>,
+    /// At most one `count` event per count-only topic per window (default 1 s;
+    /// 0: as soon as the engine gets to it).
+    pub count_window: Duration,
 }
 
 impl Default for Options {
@@ -61,6 +70,8 @@ impl Default for Options {
             max_members_per_topic: 10_000,
             max_topics_per_connection: 256,
             max_topics_per_instance: 100_000,
+            count_only: BTreeMap::new(),
+            count_window: Duration::from_secs(1),
         }
     }
 }
@@ -78,6 +89,8 @@ impl std::fmt::Debug for Options {
             .field("max_members_per_topic", &self.max_members_per_topic)
             .field("max_topics_per_connection", &self.max_topics_per_connection)
             .field("max_topics_per_instance", &self.max_topics_per_instance)
+            .field("count_only", &self.count_only)
+            .field("count_window", &self.count_window)
             .finish()
     }
 }
@@ -119,6 +132,15 @@ impl Options {
         }
         if self.max_topics_per_instance == 0 {
             return invalid("max_topics_per_instance", "must be greater than 0");
+        }
+        if let Some(prefix) = self.count_only.keys().find(|p| p.len() > self.max_topic_bytes) {
+            return Err(Error::InvalidOption {
+                name: "count_only",
+                reason: format!(
+                    "prefix {:?}… is longer than max_topic_bytes",
+                    prefix.chars().take(32).collect::<String>()
+                ),
+            });
         }
         Ok(())
     }

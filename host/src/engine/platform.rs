@@ -60,6 +60,12 @@ pub trait Platform: Send + Sync + 'static {
     }
     /// Send one envelope to every local connection subscribed to `topic`.
     fn publish(&self, topic: &str, envelope: &Envelope);
+    /// Send `topic`'s members to every local connection subscribed to its
+    /// presence (`__presence:<topic>`), replacing what they list (a topic
+    /// entering or leaving count-only mode). The default publishes a `list`.
+    fn publish_list(&self, topic: &str, members: &Members<'_>) {
+        self.publish(&super::presence_topic(topic), &Envelope::list(topic, members.list_json().to_owned()));
+    }
     /// False once the connection is gone; the heartbeat leaves such connections.
     fn is_open(&self, conn: ConnId) -> bool {
         let _ = conn;
@@ -71,12 +77,18 @@ pub trait Platform: Send + Sync + 'static {
 /// serialized, valid JSON by construction, built at most once per change of
 /// the topic and shared by every connection that receives them.
 pub struct Members<'a> {
+    /// `None`: nobody (what a count-only topic shows).
     replica: Option<&'a Replica>,
 }
 
 impl<'a> Members<'a> {
     pub(crate) fn new(replica: &'a Replica) -> Self {
         Self { replica: Some(replica) }
+    }
+
+    /// No members: what subscribers of a count-only topic are shown.
+    pub(crate) fn none() -> Self {
+        Self { replica: None }
     }
 
     /// `[{"key":…,"data":…},…]`: the data of a legacy `list` event.

@@ -5,6 +5,7 @@
 //! map, then a topic's `state`, then the connection map. No std lock is held
 //! across an `.await`.
 
+use super::counting::Counting;
 use super::replica::Replica;
 use super::ConnId;
 use std::collections::{HashMap, HashSet};
@@ -30,6 +31,8 @@ pub(crate) struct TopicState {
     pub observers: HashSet<ConnId>,
     /// Removed from the engine by a clear: nothing may be registered here.
     pub detached: bool,
+    /// Whether subscribers get counts instead of members.
+    pub counting: Counting,
     /// The store's newest sequence number when the last tick found the
     /// replica behind it; behind the same number twice means events were lost.
     pub behind_at: Option<u64>,

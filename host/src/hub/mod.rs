@@ -305,6 +305,31 @@ impl Platform for Hub {
         self.count_delivery(&mut state, conn, &frame);
     }
 
+    /// Members replacing what every subscriber of the topic's presence lists:
+    /// a `list` for legacy connections, a `presence_state` for current ones,
+    /// whose waiting diff it supersedes.
+    fn publish_list(&self, topic: &str, members: &Members<'_>) {
+        let presence = presence_topic(topic);
+        let mut state = self.lock();
+        let Some(subscribers) = state.topics.get(&presence) else { return };
+        let (current, legacy): (Vec<ConnId>, Vec<ConnId>) =
+            subscribers.iter().copied().partition(|c| state.is_current(*c));
+        if !current.is_empty() {
+            state.diffs.remove(&presence);
+            let seq = state.next_seq(&presence);
+            let frame: Frame = current::event_frame(&presence, "presence_state", members.map_json(), seq).into();
+            for conn in current {
+                self.count_delivery(&mut state, conn, &frame);
+            }
+        }
+        if !legacy.is_empty() {
+            let frame: Frame = legacy_list_frame(&presence, members.list_json()).into();
+            for conn in legacy {
+                self.count_delivery(&mut state, conn, &frame);
+            }
+        }
+    }
+
     /// Anything but the engine's `list` (see `send_list`), as it is.
     fn send(&self, conn: ConnId, envelope: &Envelope) {
         self.count_delivery(&mut self.lock(), conn, &envelope.to_json().into());

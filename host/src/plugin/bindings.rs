@@ -18,4 +18,4 @@ pub use self::presence::plugin::types::{Action, Connection, Denial, Pair, Upgrad
 /// The interface name a guest must export, without its version.
 pub const GUEST_INTERFACE: &str = "presence:plugin/guest";
 /// The contract version this host serves (any 0.1.x guest loads).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.1.1";

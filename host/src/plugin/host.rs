@@ -113,6 +113,13 @@ impl presence::Host for GuestState {
         .await
     }
 
+    async fn count_only(&mut self, prefix: String, above: Option<u64>) -> HostResult<()> {
+        self.with_presence(self.check_len("prefix", &prefix), |p, ()| async move {
+            p.set_count_only(&prefix, above).map_err(|e| e.to_string())
+        })
+        .await
+    }
+
     async fn send(&mut self, conn: u64, topic: String, event: String, data: String) -> HostResult<()> {
         let conn = ConnId::new(conn);
         let data = self.envelope_parts(&topic, &event, "send data", data);
