@@ -53,6 +53,7 @@ on_every_backend!(
     oversized_data_and_bad_topics_are_refused_without_trace,
     caps_refuse_joins_whole_and_clearly,
     big_topics_show_counts_not_members,
+    topic_stats_count_users_and_connections_everywhere,
 );
 
 /// Joining sends the joiner a `list` that includes itself, and subscribes it
@@ -435,6 +436,50 @@ async fn big_topics_show_counts_not_members(store: Store) {
     assert_eq!(shown, ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"]);
     a.close(&users[8]).await;
     watcher.wait_for("leave", |d| d["key"] == "u8").await;
+}
+
+/// `topic_stats` counts unique users and their connections over every
+/// instance, without reading members: exact for the asking instance, as of
+/// the last heartbeat for the others; an instance's connections go with its
+/// last user there, or with its hold when it dies.
+async fn topic_stats_count_users_and_connections_everywhere(store: Store) {
+    let a = Instance::start(&store, fast_options()).await;
+    let b = Instance::start(&store, fast_options()).await;
+    let dead = Instance::start(&store, fast_options()).await;
+    let stats = |users, connections| presence::TopicStats { users, connections };
+    let alice = [a.connect(json!({"id": "alice"})), a.connect(json!({"id": "alice"}))];
+    let on_b = [b.connect(json!({"id": "bob"})), b.connect(json!({"id": "alice"}))];
+    let carol = dead.connect(json!({"id": "carol"}));
+    for client in &alice {
+        a.presence.join(client.id, "room").await.unwrap();
+    }
+    for client in &on_b {
+        b.presence.join(client.id, "room").await.unwrap();
+    }
+    dead.presence.join(carol.id, "room").await.unwrap();
+    assert_eq!(a.presence.topic_stats("room").await.unwrap().connections, 2, "only its own before any heartbeat");
+    for instance in [&a, &b, &dead] {
+        instance.presence.tick().await;
+    }
+    assert_eq!(a.presence.topic_stats("room").await.unwrap(), stats(3, 5));
+    // The asking instance is exact at once; the others after their heartbeat.
+    a.close(&alice[0]).await;
+    assert_eq!(a.presence.topic_stats("room").await.unwrap(), stats(3, 4));
+    assert_eq!(b.presence.topic_stats("room").await.unwrap(), stats(3, 5));
+    a.presence.tick().await;
+    assert_eq!(b.presence.topic_stats("room").await.unwrap(), stats(3, 4));
+    // b's last user leaving takes its connections with it, without a heartbeat.
+    for client in &on_b {
+        b.close(client).await;
+    }
+    assert_eq!(a.presence.topic_stats("room").await.unwrap(), stats(2, 2));
+    // A dead instance's connections go with its hold.
+    dead.presence.destroy();
+    eventually("the dead instance's hold is swept", || async {
+        a.presence.topic_stats("room").await.unwrap() == stats(1, 1)
+    })
+    .await;
+    assert_eq!(a.presence.topic_stats("unknown").await.unwrap(), stats(0, 0));
 }
 
 /// User keys and topics with separators, braces and unicode are just bytes.

@@ -45,7 +45,12 @@ async fn scripts_touch_only_the_keys_they_declare() {
         b.join(topic, "bob", "{}", None, capped).await.unwrap();
         b.join(topic, "ada", "{}", None, short).await.unwrap();
         a.leave(topic, "ada").await.unwrap();
-        a.tick(&[TickTopic { topic: topic.into(), held: 0, epoch: None }], Duration::from_millis(300)).await.unwrap();
+        a.tick(
+            &[TickTopic { topic: topic.into(), held: 0, epoch: None, connections: None }],
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
         // b stops ticking: its holds expire and the next read sweeps them.
         eventually("b's holds are swept", || async { a.count(topic).await.unwrap() == 0 }).await;
         a.snapshot(topic, 0).await.unwrap();
@@ -341,7 +346,7 @@ async fn topics_spread_over_masters_and_survive_a_slot_migration() {
     // A heartbeat sends one pipeline per master, each call to the right one.
     let backend = store.redis_backend().await;
     let ticked: Vec<TickTopic> =
-        (0..300).map(|n| TickTopic { topic: format!("spread-{n}"), held: 0, epoch: None }).collect();
+        (0..300).map(|n| TickTopic { topic: format!("spread-{n}"), held: 0, epoch: None, connections: None }).collect();
     let reports = presence::backend::Backend::tick(&backend, &ticked, Duration::from_secs(4)).await.unwrap();
     assert!(reports.iter().all(|r| r.latest.is_some_and(|l| l.members == 1)), "{reports:?}");
     assert_eq!(backend.retried_calls(), 0, "every batched call went to its slot's master");

@@ -27,7 +27,7 @@ pub mod server;
 
 pub use backend::Backend;
 pub use engine::{
-    ConnId, Envelope, Error, Hooks, Member, Members, Options, Platform, Presence, PresenceBuilder, Stats,
+    ConnId, Envelope, Error, Hooks, Member, Members, Options, Platform, Presence, PresenceBuilder, Stats, TopicStats,
 };
 pub use hub::Hub;
 /// The built-in behaviours the host and the guest SDK share: the default

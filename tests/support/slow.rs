@@ -51,6 +51,9 @@ impl Backend for SlowLeaves {
     async fn count(&self, t: &str) -> Result<u64, BackendError> {
         self.inner.count(t).await
     }
+    async fn stats(&self, t: &str) -> Result<presence::backend::TopicCounts, BackendError> {
+        self.inner.stats(t).await
+    }
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
         self.inner.tick(topics, ttl).await
     }

@@ -3,7 +3,7 @@
 
 use super::{
     Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, HoldTerms, JoinOutcome, LeaveOutcome, Snapshot,
-    TickReport, TickTopic,
+    TickReport, TickTopic, TopicCounts,
 };
 use crate::metrics::{type_line, Histogram};
 use async_trait::async_trait;
@@ -86,6 +86,9 @@ impl Backend for Measured {
     }
     async fn count(&self, t: &str) -> Result<u64, BackendError> {
         self.time(self.inner.count(t)).await
+    }
+    async fn stats(&self, t: &str) -> Result<TopicCounts, BackendError> {
+        self.time(self.inner.stats(t)).await
     }
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
         self.time(self.inner.tick(topics, ttl)).await

@@ -7,7 +7,7 @@
 
 use super::{
     now_ms, Backend, BackendError, BackendEvent, Change, ChangeKind, HoldTerms, JoinOutcome, LeaveOutcome, Snapshot,
-    TickOutcome, TickReport, TickTopic,
+    TickOutcome, TickReport, TickTopic, TopicCounts,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -49,6 +49,8 @@ struct TopicData {
 struct Hold {
     expires_at: u64,
     users: HashSet<String>,
+    /// The instance's connections on the topic, as its heartbeat last said.
+    connections: u64,
 }
 
 impl Shared {
@@ -224,13 +226,15 @@ impl Backend for MemoryBackend {
             let seq = self.announce(&mut shared, topic, ChangeKind::Leave, key, "null");
             return Ok(LeaveOutcome::Left { seq, data: "null".into() });
         }
+        // With its last user here gone, the instance's hold (and its
+        // connections) go too, as leave.lua drops its `conns` entry.
+        if entry.holds.get(&self.instance).is_some_and(|hold| hold.users.is_empty()) {
+            entry.holds.remove(&self.instance);
+        }
         if !release(entry, key) {
             return Ok(LeaveOutcome::StillHeld);
         }
         let data = entry.users.remove(key).unwrap_or_else(|| "null".into());
-        if entry.holds.get(&self.instance).is_some_and(|hold| hold.users.is_empty()) {
-            entry.holds.remove(&self.instance);
-        }
         let seq = self.announce(&mut shared, topic, ChangeKind::Leave, key, &data);
         shared.forget_if_empty(topic);
         Ok(LeaveOutcome::Left { seq, data })
@@ -257,6 +261,17 @@ impl Backend for MemoryBackend {
         Ok(shared.topics.get(topic).map_or(0, |data| data.users.len() as u64))
     }
 
+    async fn stats(&self, topic: &str) -> Result<TopicCounts, BackendError> {
+        let mut shared = self.lock();
+        shared.sweep(topic, now_ms());
+        let Some(data) = shared.topics.get(topic) else { return Ok(TopicCounts::default()) };
+        Ok(TopicCounts {
+            users: data.users.len() as u64,
+            connections: data.holds.values().map(|hold| hold.connections).sum(),
+            own_connections: data.holds.get(&self.instance).map_or(0, |hold| hold.connections),
+        })
+    }
+
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
         let mut shared = self.lock();
         let now = now_ms();
@@ -269,6 +284,7 @@ impl Backend for MemoryBackend {
                 _ => match data.holds.get_mut(&self.instance) {
                     Some(hold) => {
                         hold.expires_at = now + ttl.as_millis() as u64;
+                        hold.connections = item.connections.unwrap_or(hold.connections);
                         if hold.users.len() < item.held {
                             TickOutcome::Lost
                         } else {
@@ -350,7 +366,7 @@ mod tests {
         };
         assert!(again > first + 1, "{again} after {first}: the leave took one in between");
         // An observer-only tick does not leave an empty topic behind either.
-        let topic = TickTopic { topic: "watched".into(), held: 0, epoch: None };
+        let topic = TickTopic { topic: "watched".into(), held: 0, epoch: None, connections: None };
         backend.tick(&[topic], ttl).await.unwrap();
         assert_eq!(store.shared.lock().unwrap().topics.len(), 1);
     }

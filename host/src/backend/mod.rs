@@ -239,6 +239,22 @@ pub struct TickTopic {
     pub held: usize,
     /// The epoch this instance knows for the topic.
     pub epoch: Option<String>,
+    /// This instance's connections on the topic, when they changed since the
+    /// store last took them (`None`: unchanged), for [`Backend::stats`]. The
+    /// store keeps them with the instance's hold and drops them with it.
+    pub connections: Option<u64>,
+}
+
+/// A topic's size as the store counts it, without reading its members
+/// ([`Backend::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicCounts {
+    /// Unique users.
+    pub users: u64,
+    /// Connections over every instance, as each last reported them.
+    pub connections: u64,
+    /// What this instance last reported (the caller may know better now).
+    pub own_connections: u64,
 }
 
 /// What a heartbeat tick found on one topic.
@@ -393,6 +409,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Sweep expired holds, then count the topic's unique users.
     async fn count(&self, topic: &str) -> Result<u64, BackendError>;
+
+    /// Sweep expired holds, then count the topic's users and connections,
+    /// without reading its members.
+    async fn stats(&self, topic: &str) -> Result<TopicCounts, BackendError>;
 
     /// Refresh this instance's holds and sweep, for every topic given, in one
     /// pipelined batch. Returns one report per topic, in order.

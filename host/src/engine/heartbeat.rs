@@ -81,7 +81,14 @@ impl Inner {
                 let held = t.believed_held();
                 let state = t.lock();
                 seen_before.push(state.replica.high());
-                TickTopic { topic: t.name.clone(), held, epoch: state.epoch.clone() }
+                let connections = state.connections as u64;
+                let changed = state.reported_connections != Some(connections);
+                TickTopic {
+                    topic: t.name.clone(),
+                    held,
+                    epoch: state.epoch.clone(),
+                    connections: changed.then_some(connections),
+                }
             })
             .collect();
         let mut reports = match items.is_empty() {
@@ -95,7 +102,21 @@ impl Inner {
             },
         }
         .into_iter();
-        let ready = ready.into_iter().zip(seen_before).map(|(t, seen)| (t.clone(), reports.next(), seen)).collect();
+        let ready: Vec<_> =
+            ready.into_iter().zip(seen_before).map(|(t, seen)| (t.clone(), reports.next(), seen)).collect();
+        // A count the store took is not sent again until it changes; after a
+        // loss (or a failed tick) it is sent again.
+        for ((topic, report, _), item) in ready.iter().zip(&items) {
+            let mut state = topic.lock();
+            match report.as_ref().map(|r| &r.outcome) {
+                Some(TickOutcome::Alive) => {
+                    if let Some(sent) = item.connections {
+                        state.reported_connections = Some(sent);
+                    }
+                }
+                _ => state.reported_connections = None,
+            }
+        }
         Refreshed { topics, ready }
     }
 

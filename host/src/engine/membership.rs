@@ -204,10 +204,11 @@ impl Inner {
             }
             // From here the connection is wanted, whatever the store answers.
             {
-                let state = topic.lock();
+                let mut state = topic.lock();
                 if state.detached {
                     continue;
                 }
+                state.connections += 1;
                 slot.conns.push(SlotConn { conn, data: data.clone(), listed: false });
                 lock(&self.conns).entry(conn).or_default().joined.insert(name.to_owned(), key.clone());
             }
@@ -229,7 +230,9 @@ impl Inner {
                 Err(e) if e.outcome_unknown() => return Err(Error::Deferred(e)),
                 refused => {
                     // Nothing of a refused join stays behind.
-                    slot.remove(conn);
+                    if slot.remove(conn) {
+                        topic.lock().connections -= 1;
+                    }
                     self.forget_join(conn, name);
                     drop(slot);
                     topic.forget_slot(&key);
@@ -285,7 +288,8 @@ impl Inner {
             return Ok(());
         }
         {
-            let state = topic.lock();
+            let mut state = topic.lock();
+            state.connections -= 1;
             if !state.observers.contains(&conn) {
                 self.platform.unsubscribe(conn, &presence_topic(name));
             }

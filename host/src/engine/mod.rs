@@ -150,6 +150,15 @@ pub struct Stats {
     pub repairs: u64,
 }
 
+/// One topic's size ([`Presence::topic_stats`]).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicStats {
+    /// Unique users (what `count` returns).
+    pub users: u64,
+    /// Their connections (tabs), over every instance.
+    pub connections: u64,
+}
+
 /// The counters behind [`Stats`].
 #[derive(Default, Debug)]
 pub(crate) struct Counters {
@@ -384,6 +393,37 @@ impl Presence {
     pub async fn count(&self, topic: &str) -> Result<u64, Error> {
         self.inner.check(topic)?;
         Ok(self.inner.backend.count(topic).await?)
+    }
+
+    /// A topic's unique users and connections across every instance, counted
+    /// by the store without reading its members (O(1) in them). This
+    /// instance's connections are exact; another instance's are as of its
+    /// last heartbeat.
+    ///
+    /// ```
+    /// # use presence::backend::memory::MemoryStore;
+    /// # use presence::{Hub, Presence, TopicStats};
+    /// # use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), presence::Error> {
+    /// # let hub = Hub::new();
+    /// # let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone()).build()?;
+    /// let (tab1, _) = hub.connect(serde_json::json!({"id": "ada"}), 1 << 20);
+    /// let (tab2, _) = hub.connect(serde_json::json!({"id": "ada"}), 1 << 20);
+    /// presence.join(tab1, "lobby").await?;
+    /// presence.join(tab2, "lobby").await?;
+    /// assert_eq!(presence.topic_stats("lobby").await?, TopicStats { users: 1, connections: 2 });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn topic_stats(&self, topic: &str) -> Result<TopicStats, Error> {
+        self.inner.check(topic)?;
+        let counts = self.inner.backend.stats(topic).await?;
+        let local = lock(&self.inner.topics).get(topic).map_or(0, |t| t.lock().connections as u64);
+        Ok(TopicStats {
+            users: counts.users,
+            connections: counts.connections.saturating_sub(counts.own_connections) + local,
+        })
     }
 
     /// Reset all presence state, in the backend and on every instance: every

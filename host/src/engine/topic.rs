@@ -33,6 +33,11 @@ pub(crate) struct TopicState {
     pub detached: bool,
     /// Whether subscribers get counts instead of members.
     pub counting: Counting,
+    /// Local connections joined to the topic (over every slot).
+    pub connections: usize,
+    /// What the last heartbeat told the store of them (`None`: nothing yet,
+    /// or the store may have lost it).
+    pub reported_connections: Option<u64>,
     /// The store's newest sequence number when the last tick found the
     /// replica behind it; behind the same number twice means events were lost.
     pub behind_at: Option<u64>,

@@ -2,7 +2,7 @@
 -- connection, a change of the user's public data, or a re-assert after a loss.
 -- One round trip ("one round trip").
 --
--- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch
+-- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch, 7 conns
 -- ARGV: 1 instance id, 2 user key, 3 public data (JSON), 4 ttl (ms),
 --       5 backstop (ms), 6 epoch this instance knows ('' = none), 7 channel,
 --       8 most users the topic may list (0 = no cap)

@@ -21,6 +21,8 @@ pub struct TopicKeys {
     pub epoch: String,
     /// Sorted set: `<instance><user>` for every hold.
     pub holds: String,
+    /// Hash: instance → its connections on the topic, as last reported.
+    pub conns: String,
     /// The pub/sub channel of the topic's events.
     pub channel: String,
 }
@@ -28,6 +30,11 @@ pub struct TopicKeys {
 const CHANNEL_SUFFIX: &str = "}:events";
 
 impl TopicKeys {
+    /// Every key, in the order every script declares them (`prelude.lua`).
+    pub fn all(&self) -> [&str; 7] {
+        [&self.users, &self.refs, &self.inst, &self.holds, &self.seq, &self.epoch, &self.conns]
+    }
+
     /// The names of `topic` under `prefix`.
     pub fn new(prefix: &str, topic: &str) -> Self {
         let base = format!("{prefix}{{:{topic}");
@@ -38,6 +45,7 @@ impl TopicKeys {
             seq: format!("{base}}}:seq"),
             epoch: format!("{base}}}:epoch"),
             holds: format!("{base}}}:holds"),
+            conns: format!("{base}}}:conns"),
             channel: format!("{base}{CHANNEL_SUFFIX}"),
         }
     }

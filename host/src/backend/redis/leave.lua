@@ -2,7 +2,7 @@
 -- local connection closed). One round trip ("one round trip"); O(1) whatever
 -- the topic's size.
 --
--- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq
+-- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch, 7 conns
 -- ARGV: 1 instance id, 2 user key, 3 backstop (ms), 4 channel
 -- Reply: {'left', seq, data} | {'held', 0} (another instance still holds the
 --        user) | {'absent', 0} (this instance did not hold it, another shows it)
@@ -21,6 +21,8 @@ if redis.call('ZREM', KEYS[4], instance .. user) == 0 then
   publish_change(channel, instance, seq, 'leave', user, 'null')
   return {'left', seq, 'null'}
 end
+-- With its last user here gone, this instance has no connections here either.
+if redis.call('ZLEXCOUNT', KEYS[4], holds_range(instance)) == 0 then redis.call('HDEL', KEYS[7], instance) end
 if redis.call('HINCRBY', KEYS[2], user, -1) > 0 then return {'held', 0} end
 
 redis.call('HDEL', KEYS[2], user)

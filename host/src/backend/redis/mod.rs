@@ -42,7 +42,7 @@ pub use slots::slot_of as key_slot;
 
 use super::{
     backstop, now_ms, Backend, BackendError, BackendEvent, HoldChange, HoldOutcome, HoldTerms, JoinOutcome,
-    LeaveOutcome, Snapshot, TickReport, TickTopic,
+    LeaveOutcome, Snapshot, TickReport, TickTopic, TopicCounts,
 };
 use async_trait::async_trait;
 use connection::Endpoint;
@@ -267,7 +267,7 @@ impl RedisBackend {
     fn join_call(&self, topic: &str, key: &str, data: &str, epoch: Option<&str>, terms: HoldTerms) -> Call {
         let k = self.keys(topic);
         let mut call = self.scripts.join.call();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
+        call.topic_keys(&k);
         call.arg(&self.instance).arg(key).arg(data).arg(terms.ttl.as_millis() as u64);
         call.arg(backstop(terms.ttl).as_millis() as u64).arg(epoch.unwrap_or("")).arg(&k.channel);
         call.arg(terms.max_members);
@@ -277,7 +277,7 @@ impl RedisBackend {
     fn leave_call(&self, topic: &str, key: &str) -> Call {
         let k = self.keys(topic);
         let mut call = self.scripts.leave.call();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq);
+        call.topic_keys(&k);
         // The backstop only needs to outlive the other holders' next tick.
         call.arg(&self.instance).arg(key).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(&k.channel);
         call
@@ -285,7 +285,7 @@ impl RedisBackend {
 
     /// The SHA1 of each script by operation name, for tools that call the
     /// scripts directly (the benchmark's `redis-benchmark` baseline).
-    pub fn script_hashes(topology: Topology) -> [(&'static str, &'static str); 6] {
+    pub fn script_hashes(topology: Topology) -> [(&'static str, &'static str); 7] {
         let all = Scripts::get(topology == Topology::Cluster).all();
         std::array::from_fn(|i| (scripts::SOURCES[i].0.trim_end_matches(".lua"), all[i].script.get_hash()))
     }
@@ -491,7 +491,7 @@ impl Backend for RedisBackend {
     async fn snapshot(&self, topic: &str, seen: u64) -> Result<Snapshot, BackendError> {
         let k = self.keys(topic);
         let mut call = self.scripts.snapshot.call();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
+        call.topic_keys(&k);
         call.arg(&k.channel).arg(backstop(Duration::from_secs(60)).as_millis() as u64).arg(seen);
         let scripts::SnapshotReply(snapshot) = self.invoke("snapshot", call).await?;
         Ok(snapshot)
@@ -500,9 +500,17 @@ impl Backend for RedisBackend {
     async fn count(&self, topic: &str) -> Result<u64, BackendError> {
         let k = self.keys(topic);
         let mut call = self.scripts.count.call();
-        call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq);
+        call.topic_keys(&k);
         call.arg(&k.channel);
         self.invoke("count", call).await
+    }
+
+    async fn stats(&self, topic: &str) -> Result<TopicCounts, BackendError> {
+        let k = self.keys(topic);
+        let mut call = self.scripts.stats.call();
+        call.topic_keys(&k).arg(&k.channel).arg(&self.instance);
+        let (users, connections, own_connections) = self.invoke("stats", call).await?;
+        Ok(TopicCounts { users, connections, own_connections })
     }
 
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
@@ -515,9 +523,11 @@ impl Backend for RedisBackend {
                 let item = &topics[i];
                 let k = self.keys(&item.topic);
                 let mut call = self.scripts.tick.call();
-                call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
+                call.topic_keys(&k);
                 call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(keep);
                 call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held).arg(local_now);
+                call.arg(item.connections.map_or(String::new(), |n| n.to_string()));
+                call.arg(backstop(ttl).as_millis() as u64);
                 call
             })
             .await?;
@@ -570,7 +580,7 @@ impl Backend for RedisBackend {
         self.batched("clear", &topics, 256, |i| {
             let k = self.keys(topics[i]);
             let mut call = self.scripts.clear.call();
-            call.key(&k.users).key(&k.refs).key(&k.inst).key(&k.holds).key(&k.seq).key(&k.epoch);
+            call.topic_keys(&k);
             call.arg(&self.instance).arg(&epoch).arg(keep).arg(&k.channel);
             call
         })

@@ -12,13 +12,17 @@
 --                 are 16 hex chars, so the split is never ambiguous)
 --   seq    string last sequence number handed out on T (hybrid logical clock)
 --   epoch  string token replaced by clear(); absent until the first clear
+--   conns  hash   instance id -> its connections on T, as of its last report
+--                 (a heartbeat whose count changed); gone with its last hold
 -- Events go to the channel of T as JSON: {"i":instance,"s":seq,"e":kind,...},
 -- published with `publish_command` (set by the loader above this prelude:
 -- PUBLISH on one Redis, SPUBLISH on a cluster, where the channel carries the
 -- topic's hash tag and so lives on the topic's shard).
 --
 -- Every key a script touches is one of its KEYS (no name is built here from
--- a prefix), so a cluster routes it and all of them share one slot.
+-- a prefix), so a cluster routes it and all of them share one slot. Every
+-- script is called with the same KEYS: 1 users, 2 refs, 3 inst, 4 holds,
+-- 5 seq, 6 epoch, 7 conns.
 
 -- Milliseconds on Redis's own clock ("one clock"): every expiry is stamped and
 -- compared with it, so instances' clocks never matter.
@@ -73,7 +77,7 @@ end
 -- the script is atomic, so concurrent sweepers cannot both see the same hold.
 -- The leave is attributed to the dead instance, so the sweeper also receives it.
 -- Returns how many users left.
-local function sweep(users, refs, inst, holds, seq, channel, now)
+local function sweep(users, refs, inst, holds, seq, conns, channel, now)
   local dead = redis.call('ZRANGEBYSCORE', inst, '-inf', now)
   local left = 0
   for _, instance in ipairs(dead) do
@@ -90,6 +94,7 @@ local function sweep(users, refs, inst, holds, seq, channel, now)
     end
     redis.call('ZREMRANGEBYLEX', holds, from, to)
     redis.call('ZREM', inst, instance)
+    redis.call('HDEL', conns, instance)
   end
   return left
 end

@@ -51,6 +51,14 @@ impl Call {
         self
     }
 
+    /// Declare a topic's keys, in the order every script takes them.
+    pub fn topic_keys(&mut self, keys: &super::keys::TopicKeys) -> &mut Self {
+        for key in keys.all() {
+            self.key(key);
+        }
+        self
+    }
+
     pub fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
         self.args.extend(arg.to_redis_args());
         self
@@ -92,24 +100,26 @@ pub struct Scripts {
     pub snapshot: Lua,
     pub count: Lua,
     pub clear: Lua,
+    pub stats: Lua,
 }
 
 /// Each script's file name and text, in the order of [`Scripts::all`].
-pub const SOURCES: [(&str, &str); 6] = [
+pub const SOURCES: [(&str, &str); 7] = [
     ("join.lua", include_str!("join.lua")),
     ("leave.lua", include_str!("leave.lua")),
     ("tick.lua", include_str!("tick.lua")),
     ("snapshot.lua", include_str!("snapshot.lua")),
     ("count.lua", include_str!("count.lua")),
     ("clear.lua", include_str!("clear.lua")),
+    ("stats.lua", include_str!("stats.lua")),
 ];
 
 impl Scripts {
     fn build(publish_command: &str) -> Self {
-        let [join, leave, tick, snapshot, count, clear] = SOURCES.map(|(_, body)| {
+        let [join, leave, tick, snapshot, count, clear, stats] = SOURCES.map(|(_, body)| {
             Lua::new(format!("local publish_command = '{publish_command}'\n{}{body}", include_str!("prelude.lua")))
         });
-        Self { join, leave, tick, snapshot, count, clear }
+        Self { join, leave, tick, snapshot, count, clear, stats }
     }
 
     /// The scripts that publish with `PUBLISH` (one Redis) or, when
@@ -125,8 +135,8 @@ impl Scripts {
     }
 
     /// Every script, for loading after a NOSCRIPT (Redis restarted or flushed).
-    pub fn all(&self) -> [&Lua; 6] {
-        [&self.join, &self.leave, &self.tick, &self.snapshot, &self.count, &self.clear]
+    pub fn all(&self) -> [&Lua; 7] {
+        [&self.join, &self.leave, &self.tick, &self.snapshot, &self.count, &self.clear, &self.stats]
     }
 }
 

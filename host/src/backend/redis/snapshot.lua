@@ -1,7 +1,7 @@
 -- snapshot.lua: sweep, then read a topic's whole state atomically, for list()
 -- and for seeding or repairing an instance's local replica.
 --
--- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch
+-- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch, 7 conns
 -- ARGV: 1 channel, 2 backstop (ms), 3 the newest sequence number the caller has seen (0: none)
 -- Reply: {seq, epoch or '', user1, data1, user2, data2, ...}
 --   Events with a sequence number <= seq are already reflected in the reply.
@@ -14,7 +14,7 @@
 --   number handed out before the loss (see next_seq).
 local channel, keep, seen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = redis_now()
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], channel, now)
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7], channel, now)
 local stored = redis.call('GET', KEYS[5])
 if not stored and seen == 0 then
   redis.call('SET', KEYS[5], string.format('%d', now * 1024), 'PX', keep)

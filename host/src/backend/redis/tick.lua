@@ -3,13 +3,15 @@
 -- report the topic's state. O(1) in the users held ("one round trip"); the
 -- engine pipelines one call per topic.
 --
--- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch
+-- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch, 7 conns
 -- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms; 0 = not due this tick: the
 --         instance refreshes it every quarter of its length, not every tick),
 --       4 epoch this instance knows ('' = none), 5 channel,
 --       6 how many users this instance believes it holds here (0: it only
 --         observes), 7 the instance's own clock (ms), only to report how far
---         off it is
+--         off it is, 8 its connections here when changed since its last
+--         report ('' = unchanged), 9 the backstop (ms) for a `conns` key this
+--         report creates
 -- Reply: {'alive'|'lost'|'cleared', epoch or '', seq, members, redis now (ms)}
 --   lost:    some or all of the holds are gone (Redis lost its data, or this
 --            instance was cut off longer than ttl and swept) and no clear()
@@ -35,12 +37,23 @@ elseif believed > 0 then
   else
     if redis.call('ZLEXCOUNT', KEYS[4], holds_range(instance)) < believed then status = 'lost' end
     if keep > 0 then
-      backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, keep)
+      backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]}, keep)
       if epoch then redis.call('PEXPIRE', KEYS[6], keep) end
     end
   end
 end
 
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], channel, now)
+-- The instance's connections, for stats: kept with its hold, dropped with it.
+local connections = ARGV[8]
+if status == 'alive' and connections ~= '' then
+  if believed > 0 and tonumber(connections) > 0 then
+    redis.call('HSET', KEYS[7], instance, connections)
+    if redis.call('PTTL', KEYS[7]) < 0 then redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[9])) end
+  else
+    redis.call('HDEL', KEYS[7], instance)
+  end
+end
+
+sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7], channel, now)
 local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
 return {status, epoch or '', seq, redis.call('HLEN', KEYS[1]), now}
