@@ -16,6 +16,27 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The shared state every [`MemoryBackend`] on it sees. Cheap to clone.
+///
+/// Two backends on one store are two instances sharing presence, as two
+/// processes on one Redis are:
+///
+/// ```
+/// use presence::backend::memory::MemoryStore;
+/// use presence::{Hub, Presence};
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), presence::Error> {
+/// let store = MemoryStore::new();
+/// let (hub_a, hub_b) = (Hub::new(), Hub::new());
+/// let a = Presence::builder(Arc::new(store.backend()), hub_a.clone()).build()?;
+/// let b = Presence::builder(Arc::new(store.backend()), hub_b.clone()).build()?;
+/// let (ada, _) = hub_a.connect(serde_json::json!({"id": "ada"}), 1 << 20);
+/// a.join(ada, "lobby").await?;
+/// assert_eq!(b.count("lobby").await?, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     shared: Arc<Mutex<Shared>>,

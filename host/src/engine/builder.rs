@@ -17,6 +17,23 @@ pub trait Policy: Send + Sync {
 }
 
 /// Builds a [`Presence`]; see [`Presence::builder`].
+///
+/// ```no_run
+/// use presence::backend::memory::MemoryStore;
+/// use presence::plugin::{kv::MemoryKv, PluginConfig, PluginHost};
+/// use presence::{Hub, Options, Presence};
+/// use std::sync::Arc;
+///
+/// # async fn wire() -> anyhow::Result<()> {
+/// let plugin = PluginHost::start(PluginConfig::new("policy.wasm"), Arc::new(MemoryKv::default())).await?;
+/// let hub = Hub::new();
+/// let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone())
+///     .options(Options { key: "userId".into(), ..Options::default() })
+///     .policy(&plugin) // its `select`, and its hooks' access to the engine
+///     .build()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct PresenceBuilder<'p> {
     backend: Arc<dyn Backend>,
     platform: Arc<dyn Platform>,

@@ -15,6 +15,13 @@ pub fn presence_topic(topic: &str) -> String {
 
 /// One server → client message. `data` is kept as JSON text so it is
 /// serialised once, however many connections receive it.
+///
+/// ```
+/// use presence::Envelope;
+///
+/// let count = Envelope::count("stadium", 40_000);
+/// assert_eq!(count.to_json(), r#"{"topic":"__presence:stadium","event":"count","data":40000}"#);
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Envelope {
     /// The topic it belongs to (`__presence:<topic>` for presence events).

@@ -7,6 +7,24 @@ use crate::backend::BackendError;
 use crate::engine::ConnId;
 
 /// What a presence operation can fail with. Refusals change nothing.
+///
+/// ```
+/// # use presence::backend::memory::MemoryStore;
+/// # use presence::{Error, Hub, Presence};
+/// # use std::sync::Arc;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// # let hub = Hub::new();
+/// # let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone()).build()?;
+/// let (ada, _) = hub.connect(serde_json::json!({"id": "ada"}), 1 << 20);
+/// match presence.join(ada, "").await {
+///     Err(Error::InvalidTopic { reason, .. }) => println!("refused: {reason}"),
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(presence.count("lobby").await?, 0, "a refusal changes nothing");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An option makes no sense.

@@ -18,7 +18,27 @@ pub(crate) fn deferred_is_done(result: Result<(), Error>, conn: ConnId, topic: &
     }
 }
 
-/// The ready-made hooks, from [`Presence::hooks`].
+/// The ready-made hooks, from [`Presence::hooks`]: what a server calls when a
+/// client subscribes, unsubscribes or closes.
+///
+/// ```
+/// # use presence::backend::memory::MemoryStore;
+/// # use presence::{Hub, Presence};
+/// # use std::sync::Arc;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), presence::Error> {
+/// # let hub = Hub::new();
+/// # let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone()).build()?;
+/// let (ada, _) = hub.connect(serde_json::json!({"id": "ada"}), 1 << 20);
+/// let (bob, _) = hub.connect(serde_json::json!({"id": "bob"}), 1 << 20);
+/// presence.hooks().subscribe(ada, "room").await?; // joins
+/// presence.hooks().subscribe(bob, "__presence:room").await?; // observes, does not join
+/// assert_eq!(presence.count("room").await?, 1);
+/// presence.hooks().close(ada).await?; // leaves everything
+/// assert_eq!(presence.count("room").await?, 0);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Hooks<'a> {
     pub(super) presence: &'a Presence,
 }

@@ -134,6 +134,23 @@ fn stop(inner: &Inner, supervisor: &Supervisor) {
 
 /// What this instance showed its local subscribers, by event, and how often
 /// it read topics again: a snapshot ([`Presence::stats`]).
+///
+/// ```
+/// # use presence::backend::memory::MemoryStore;
+/// # use presence::{Hub, Presence};
+/// # use std::sync::Arc;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), presence::Error> {
+/// # let hub = Hub::new();
+/// # let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), hub.clone()).build()?;
+/// let (ada, _) = hub.connect(serde_json::json!({"id": "ada"}), 1 << 20);
+/// presence.join(ada, "lobby").await?;
+/// presence.leave_all(ada).await?;
+/// let stats = presence.stats(); // a plain copy: compare, log, export
+/// assert_eq!((stats.joins, stats.leaves), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// `join` events shown.

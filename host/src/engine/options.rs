@@ -23,6 +23,25 @@ pub fn select_fn(f: impl Fn(&Value) -> Result<Value, String> + Send + Sync + 'st
 
 /// The engine's options: the original extension's (`key`, `select`,
 /// `heartbeat`, `ttl`) and the caps that bound what clients can make it hold.
+///
+/// ```
+/// use presence::engine::select_fn;
+/// use presence::Options;
+/// use std::time::Duration;
+///
+/// let options = Options {
+///     key: "userId".into(),
+///     // Only the name is public; everything else stays on the server.
+///     select: Some(select_fn(|user| Ok(serde_json::json!({"name": user["name"]})))),
+///     heartbeat: Duration::from_secs(10),
+///     ttl: Duration::from_secs(30),
+///     count_only: [("stadium:".to_owned(), 1_000)].into(),
+///     ..Options::default()
+/// };
+/// assert!(options.validate().is_ok());
+/// let nonsense = Options { ttl: Duration::from_secs(5), ..options };
+/// assert!(nonsense.validate().unwrap_err().to_string().contains("ttl"));
+/// ```
 #[derive(Clone)]
 pub struct Options {
     /// Field of the user data that identifies a user across tabs (default `id`).

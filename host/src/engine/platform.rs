@@ -42,6 +42,46 @@ impl std::fmt::Display for ConnId {
 /// Calls are synchronous and may happen while the engine holds an internal
 /// lock (so events reach clients in order): implementations must be quick —
 /// queue, don't write to sockets — and must not call back into the engine.
+/// [`crate::Hub`] is a ready one; `examples/embed-tungstenite` writes its own.
+///
+/// ```
+/// use presence::backend::memory::MemoryStore;
+/// use presence::{ConnId, Envelope, Members, Platform, Presence};
+/// use serde_json::{json, Value};
+/// use std::sync::{Arc, Mutex};
+///
+/// /// One connection that records what it would write to its socket.
+/// #[derive(Default)]
+/// struct Recorder(Mutex<Vec<String>>);
+///
+/// impl Platform for Recorder {
+///     fn user_data(&self, _: ConnId) -> Option<Value> {
+///         Some(json!({"id": "ada"}))
+///     }
+///     fn subscribe(&self, _: ConnId, _: &str) {}
+///     fn unsubscribe(&self, _: ConnId, _: &str) {}
+///     fn send(&self, _: ConnId, envelope: &Envelope) {
+///         self.0.lock().unwrap().push(envelope.to_json());
+///     }
+///     // The members' JSON, built once per change, copied straight into a frame.
+///     fn send_list(&self, _: ConnId, topic: &str, members: &Members<'_>) {
+///         self.0.lock().unwrap().push(format!("{topic}: {}", members.list_json()));
+///     }
+///     fn publish(&self, _: &str, envelope: &Envelope) {
+///         self.0.lock().unwrap().push(envelope.to_json());
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), presence::Error> {
+/// let recorder = Arc::new(Recorder::default());
+/// let presence = Presence::builder(Arc::new(MemoryStore::new().backend()), recorder.clone()).build()?;
+/// presence.join(ConnId::new(1), "lobby").await?;
+/// let sent = recorder.0.lock().unwrap();
+/// assert!(sent.iter().any(|frame| frame == r#"lobby: [{"key":"ada","data":{"id":"ada"}}]"#), "{sent:?}");
+/// # Ok(())
+/// # }
+/// ```
 pub trait Platform: Send + Sync + 'static {
     /// The raw user data of a connection (what `authenticate` produced).
     fn user_data(&self, conn: ConnId) -> Option<Value>;

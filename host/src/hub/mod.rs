@@ -11,7 +11,7 @@
 //! Connections speak one of two client generations. Legacy ones (0.3/0.4)
 //! get the engine's envelopes as they are. Current ones (0.5, marked with
 //! [`Hub::set_current`]) get presence as `presence_state` and coalesced
-//! `presence_diff` frames ([`current`]): changes to a topic are collected
+//! `presence_diff` frames (`current`): changes to a topic are collected
 //! and, once per diff window, sent as one frame shared by every current
 //! subscriber, while [`Hub::run_diffs`] runs.
 
@@ -34,6 +34,20 @@ pub type Frame = Arc<str>;
 
 /// The ready [`crate::Platform`]: connections with byte-bounded send queues,
 /// their user data, and topic subscriptions.
+///
+/// ```
+/// use presence::{Envelope, Hub, Platform};
+///
+/// let hub = Hub::new();
+/// // A connection, with at most 64 KiB of frames waiting for its socket.
+/// let (conn, mut frames) = hub.connect(serde_json::json!({"id": "ada"}), 64 << 10);
+/// hub.subscribe(conn, "chat");
+/// let data = serde_json::value::RawValue::from_string("\"hi\"".into()).unwrap();
+/// hub.publish("chat", &Envelope::new("chat", "message", data));
+/// assert_eq!(frames.try_recv().as_deref(), Some(r#"{"topic":"chat","event":"message","data":"hi"}"#));
+/// hub.disconnect(conn);
+/// assert!(!hub.is_open(conn));
+/// ```
 #[derive(Default)]
 pub struct Hub {
     state: Mutex<HubState>,

@@ -1,13 +1,13 @@
 //! The plugin platform: policy written as sandboxed WebAssembly components
 //! (the `plugin` world in `wit/`), hot-reloaded without a restart.
 //!
-//! - [`bindings`]: the one `bindgen!`; [`host`]: the imports the host
-//!   provides; [`state`]: a store's data (deny-by-default WASI, budgets).
-//! - [`limits`]: deadlines, memory cap, budgets, the epoch ticker.
-//! - [`loader`]: bytes → checked component; `cache`: precompiled artifacts,
+//! - `bindings`: the one `bindgen!`; `host`: the imports the host
+//!   provides; `state`: a store's data (deny-by-default WASI, budgets).
+//! - `limits`: deadlines, memory cap, budgets, the epoch ticker.
+//! - `loader`: bytes → checked component; `cache`: precompiled artifacts,
 //!   trusted only when authenticated as the host's own.
-//! - [`runtime`]: calls on pooled instances under deadlines.
-//! - [`reload`]: watch the file, swap versions atomically.
+//! - `runtime`: calls on pooled instances under deadlines.
+//! - `reload`: watch the file, swap versions atomically.
 //! - [`kv`]: the plugin key-value store; [`metrics`]: per-export counters.
 //!
 //! Failure policy: `authenticate`/`authorize` fail closed (deny), `select`
@@ -87,6 +87,22 @@ pub(crate) struct Shared {
 }
 
 /// A loaded plugin and everything needed to call it and replace it.
+///
+/// ```no_run
+/// use presence::plugin::{kv::MemoryKv, Action, PluginConfig, PluginHost};
+/// use presence::ConnId;
+/// use std::sync::Arc;
+///
+/// # async fn policy() -> anyhow::Result<()> {
+/// let plugin = PluginHost::start(PluginConfig::new("policy.wasm"), Arc::new(MemoryKv::default())).await?;
+/// let user = serde_json::json!({"id": "ada", "role": "guest"});
+/// if let Err(denied) = plugin.authorize(ConnId::new(1), &user, "admin:room", Action::Subscribe).await {
+///     println!("denied: {denied}");
+/// }
+/// plugin.reload().await?; // what a file change or SIGHUP does
+/// # Ok(())
+/// # }
+/// ```
 pub struct PluginHost {
     shared: Arc<Shared>,
     watcher: Mutex<Option<reload::FileWatcher>>,

@@ -2,10 +2,10 @@
 //! runs it on its own, and an existing axum application merges
 //! [`PresenceServer::router`] next to its own routes.
 //!
-//! - [`protocol`]: client messages of every generation, acks, denials.
+//! - `protocol`: client messages of every generation, acks, denials.
 //! - `ws`: one connection's life (authenticate → frames → hooks → close),
 //!   generations, keepalive, rate and subscription limits, close codes.
-//! - [`session`]: signed cookies of the auth preflight.
+//! - `session`: signed cookies of the auth preflight.
 //! - `http`: `/`, `/healthz`, `/readyz`, `/metrics`, `POST /__ws/auth`.
 //! - [`admission`]: the `Origin` check and the connection limits.
 //! - `listener`: [`PresenceServer::serve`], the TCP side (header-read

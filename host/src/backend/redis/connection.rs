@@ -159,7 +159,7 @@ impl Endpoint {
 
 /// A command connection to one node or to a cluster: commands and scripts are
 /// routed by their first key; pipelines must stay within one slot (or be
-/// sent to one node with [`RedisConnection::pipeline_to`]).
+/// sent to one node with `RedisConnection::pipeline_to`).
 #[derive(Clone)]
 pub enum RedisConnection {
     /// One node, reconnecting by itself.

@@ -23,7 +23,7 @@
 //!   ([`BackendEvent::TopicResynced`]).
 //! - Scripts lost with a restart (NOSCRIPT) are loaded again transparently.
 //! - A Redis that came back empty (or lost some writes) is noticed by the next
-//!   heartbeat tick ([`TickOutcome::Lost`]: fewer users held than the instance
+//!   heartbeat tick ([`super::TickOutcome::Lost`]: fewer users held than the instance
 //!   believes) and the engine re-asserts its users, pipelined.
 //! - Expiries use Redis's clock (`TIME` inside the scripts). The instance's own
 //!   clock is only compared with it, to warn when it is far off
@@ -58,6 +58,19 @@ use subscriber::{Command, Subscriber};
 use tokio::sync::{mpsc, oneshot};
 
 /// How to reach Redis and name our keys.
+///
+/// ```no_run
+/// use presence::backend::redis::{RedisBackend, RedisOptions};
+/// use std::time::Duration;
+///
+/// # async fn connect() -> Result<(), presence::backend::BackendError> {
+/// // One Redis, or a cluster by several seeds: "redis://a:7000,redis://b:7001".
+/// let options = RedisOptions { timeout: Duration::from_secs(1), ..RedisOptions::new("redis://127.0.0.1:6379/") };
+/// let backend = RedisBackend::connect(options).await?;
+/// println!("connected to a {:?}", backend.topology());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS,
