@@ -153,11 +153,12 @@ fn stop(inner: &Inner, supervisor: &Supervisor) {
 /// ```
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// `join` events shown.
+    /// Joins shown to local subscribers (as `join` events, or in the count
+    /// of a count-only topic).
     pub joins: u64,
-    /// `leave` events shown.
+    /// Leaves shown, likewise.
     pub leaves: u64,
-    /// `updated` events shown.
+    /// Data changes shown (`updated`; a count-only topic shows none).
     pub updates: u64,
     /// Times topics were read again after their events were interrupted
     /// (every watched topic, or one whose cluster shard moved).
