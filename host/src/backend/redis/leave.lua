@@ -1,6 +1,6 @@
 -- leave.lua: this instance lets go of its hold of a user on a topic (its last
--- local connection closed). One round trip ("one round trip"); O(1) whatever
--- the topic's size.
+-- local connection closed). One round trip ("one round trip"); O(log n) in
+-- the topic's holds, never a walk over its members.
 --
 -- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch, 7 conns
 -- ARGV: 1 instance id, 2 user key, 3 backstop (ms), 4 channel
