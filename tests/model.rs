@@ -11,32 +11,4 @@ async fn seed(seed: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_1() {
-    seed(1).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_2() {
-    seed(2).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_3() {
-    seed(3).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_4() {
-    seed(4).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_5() {
-    seed(5).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_6() {
-    seed(6).await
-}
+presence_tests::seeded_tests!(seed: seed_1 = 1, seed_2 = 2, seed_3 = 3, seed_4 = 4, seed_5 = 5, seed_6 = 6);

@@ -226,6 +226,19 @@ where
     poll::until(what, DEADLINE, async || poll::when(check().await, "false")).await
 }
 
+/// One `#[tokio::test]` per seed of a seeded randomized check, each calling
+/// `$check(seed).await` (which names its seed when it fails):
+/// `seeded_tests!(check: seed_1 = 1, seed_2 = 2);`.
+#[macro_export]
+macro_rules! seeded_tests {
+    ($check:ident: $($name:ident = $seed:literal),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $check($seed).await
+        }
+    )*};
+}
+
 /// Resident memory of this process, in KiB (from `/proc/self/status`).
 pub fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
