@@ -24,6 +24,7 @@ pub mod hub;
 pub mod metrics;
 pub mod plugin;
 pub mod server;
+mod window;
 
 pub use backend::Backend;
 pub use engine::{

@@ -17,8 +17,7 @@
 use super::{lock, presence_topic, Envelope, Inner};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-use tokio::sync::Notify;
+use std::sync::RwLock;
 
 /// Most rules at once (the options' and the plugin's).
 pub(crate) const MAX_RULES: usize = 1024;
@@ -121,23 +120,9 @@ impl Counting {
     }
 }
 
-/// Send the `count` events owed, at most one per topic per `count_window`.
-pub(super) async fn publisher(inner: Weak<Inner>, wanted: Arc<Notify>) {
-    loop {
-        wanted.notified().await;
-        let Some(window) = inner.upgrade().map(|inner| inner.options.count_window) else { return };
-        if window.is_zero() {
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(window).await;
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        inner.publish_counts();
-    }
-}
-
 impl Inner {
-    fn publish_counts(&self) {
+    /// Send the `count` events owed (run once per `count_window`).
+    pub(super) fn publish_counts(&self) {
         let due = std::mem::take(&mut *lock(&self.counts_due));
         for name in due {
             let Some(topic) = lock(&self.topics).get(&name).cloned() else { continue };

@@ -263,8 +263,9 @@ impl Presence {
             move || Box::pin(events::resyncer(weak.clone(), resync_wanted.clone()))
         });
         supervisor.spawn("counts", {
-            let weak = weak.clone();
-            move || Box::pin(counting::publisher(weak.clone(), counts_wanted.clone()))
+            let (weak, window) = (weak.clone(), inner.options.count_window);
+            let publish: fn(&Inner) = Inner::publish_counts;
+            move || Box::pin(crate::window::flush_after_window(weak.clone(), counts_wanted.clone(), window, publish))
         });
         supervisor.spawn("heartbeat", move || Box::pin(heartbeat::run(weak.clone())));
         let lifetime = Arc::new(Lifetime { inner: inner.clone(), supervisor: supervisor.clone() });

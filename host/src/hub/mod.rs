@@ -163,19 +163,9 @@ impl Hub {
     /// Flush waiting diffs every `window` after the first change (0: as soon
     /// as this task runs again). Runs until the hub is dropped.
     pub async fn run_diffs(self: Arc<Self>, window: Duration) {
-        let hub = Arc::downgrade(&self);
-        let waiting = self.diffs_waiting.clone();
-        drop(self);
-        loop {
-            waiting.notified().await;
-            if window.is_zero() {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(window).await;
-            }
-            let Some(this) = hub.upgrade() else { return };
-            this.flush_diffs();
-        }
+        let (hub, waiting) = (Arc::downgrade(&self), self.diffs_waiting.clone());
+        drop(self); // the task must not keep the hub alive
+        crate::window::flush_after_window(hub, waiting, window, Hub::flush_diffs).await
     }
 
     /// Send every waiting diff now: one frame per topic, shared by its
