@@ -88,6 +88,12 @@ pub(super) fn event_frame(topic: &str, event: &str, data: &str, seq: u64) -> Str
     )
 }
 
+/// A topic's members as a `presence_state` frame (`{key: data}`, built by
+/// the engine once per change).
+pub(super) fn state_frame(presence_topic: &str, members: &crate::engine::Members<'_>, seq: u64) -> String {
+    event_frame(presence_topic, "presence_state", members.map_json(), seq)
+}
+
 /// Several event frames of one flush as one `{"type":"batch","events":[…]}`.
 pub(super) fn batch_frame(frames: &[std::sync::Arc<str>]) -> String {
     let mut json = String::from(r#"{"type":"batch","events":["#);

@@ -302,7 +302,7 @@ impl Platform for Hub {
         let mut state = self.lock();
         let frame: Frame = if state.is_current(conn) {
             let seq = state.seqs.get(&presence).copied().unwrap_or(0);
-            current::event_frame(&presence, "presence_state", members.map_json(), seq).into()
+            current::state_frame(&presence, members, seq).into()
         } else {
             legacy_list_frame(&presence, members.list_json()).into()
         };
@@ -321,7 +321,7 @@ impl Platform for Hub {
         if !current.is_empty() {
             state.diffs.remove(&presence);
             let seq = state.next_seq(&presence);
-            let frame: Frame = current::event_frame(&presence, "presence_state", members.map_json(), seq).into();
+            let frame: Frame = current::state_frame(&presence, members, seq).into();
             for conn in current {
                 self.count_delivery(&mut state, conn, &frame);
             }
