@@ -535,9 +535,38 @@ async fn a_planted_cache_artifact_is_refused() {
     );
 }
 
+/// The quota every plugin store keeps, here 3 keys and 100 bytes: refusals
+/// name the limit, overwrites add nothing, expired and deleted keys give
+/// their room back. Leaves `d`, `e` and `f` set.
+async fn keeps_a_small_quota(kv: &dyn presence::plugin::kv::PluginKv) {
+    for key in ["a", "b", "c"] {
+        kv.set(key, "1", Some(Duration::from_millis(100))).await.unwrap();
+    }
+    let refused = kv.set("d", "1", None).await.unwrap_err();
+    assert!(refused.contains("at most 3 keys"), "{refused}");
+    kv.set("a", "2", None).await.expect("overwriting a key adds none");
+    let refused = kv.set("b", &"x".repeat(99), None).await.unwrap_err();
+    assert!(refused.contains("at most 100 bytes"), "{refused}");
+    // b and c expire; the next write reclaims their room.
+    eventually("expired keys give their room back", || async { kv.set("d", "1", None).await.is_ok() }).await;
+    // a, d and now e: full again, until a goes.
+    kv.increment("e", 1, None).await.unwrap();
+    let refused = kv.set("f", "1", None).await.unwrap_err();
+    assert!(refused.contains("at most 3 keys"), "{refused}");
+    kv.delete("a").await.unwrap();
+    kv.set("f", "1", None).await.expect("a deleted key gives its room back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_kv_keeps_its_quota() {
+    use presence::plugin::kv::Quota;
+    let kv = MemoryKv::new(Quota { max_keys: 3, max_bytes: 100 });
+    keeps_a_small_quota(&kv).await;
+    assert_eq!(kv.len(), 3);
+}
+
 /// The Redis store keeps a small quota exactly (one shard) and a large one
-/// per shard (each shard its share): refusals name the limit, overwrites add
-/// nothing, expired keys give their room back.
+/// per shard (each shard its share).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_kv_keeps_its_quota() {
     use presence::backend::redis::RedisOptions;
@@ -545,16 +574,7 @@ async fn redis_kv_keeps_its_quota() {
     let server = RedisServer::start();
     let small =
         RedisKv::connect(&RedisOptions::new(server.url()), Quota { max_keys: 3, max_bytes: 100 }).await.unwrap();
-    for key in ["a", "b", "c"] {
-        small.set(key, "1", Some(Duration::from_millis(300))).await.unwrap();
-    }
-    let refused = small.set("d", "1", None).await.unwrap_err();
-    assert!(refused.contains("at most 3 keys"), "{refused}");
-    small.set("a", "2", None).await.expect("overwriting a key adds none");
-    let refused = small.set("b", &"x".repeat(99), None).await.unwrap_err();
-    assert!(refused.contains("at most 100 bytes"), "{refused}");
-    // b and c expire; the next write reclaims their room.
-    eventually("expired keys give their room back", || async { small.set("d", "1", None).await.is_ok() }).await;
+    keeps_a_small_quota(&small).await;
 
     // 4,096 keys: 16 shards of 256. Writes spread over them, and a full
     // shard refuses while the others still take keys.

@@ -343,28 +343,3 @@ impl PluginKv for RedisKv {
         self.quota_checked(reply).map(|_| ())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn memory_store_keeps_its_quota_and_reclaims_expired_keys() {
-        let kv = MemoryKv::new(Quota { max_keys: 3, max_bytes: 100 });
-        for key in ["a", "b", "c"] {
-            kv.set(key, "1", Some(Duration::from_millis(20))).await.unwrap();
-        }
-        let refused = kv.set("d", "1", None).await.unwrap_err();
-        assert!(refused.contains("at most 3 keys"), "{refused}");
-        kv.set("a", "2", None).await.expect("overwriting a key adds none");
-        let refused = kv.set("b", &"x".repeat(99), None).await.unwrap_err();
-        assert!(refused.contains("at most 100 bytes"), "{refused}");
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        // b and c expired: their room is reclaimed by the next write.
-        kv.set("d", "1", None).await.unwrap();
-        kv.increment("e", 1, None).await.unwrap();
-        assert_eq!(kv.len(), 3);
-        kv.delete("a").await.unwrap();
-        assert_eq!(kv.len(), 2);
-    }
-}
