@@ -50,17 +50,15 @@ pub(super) fn start(
     timeout: Duration,
     events: mpsc::UnboundedSender<BackendEvent>,
 ) -> Result<Subscriber, BackendError> {
-    let (commands, command_rx) = mpsc::unbounded_channel();
     let (push_tx, pushes) = mpsc::unbounded_channel();
     let client = endpoint.cluster_client(Some(push_tx))?;
-    let connected = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(
+    Ok(Subscriber::spawn(|commands, connected| {
         Task {
             client,
             prefix,
             timeout,
             events,
-            commands: command_rx,
+            commands,
             pushes,
             watched: HashSet::new(),
             confirmed: HashSet::new(),
@@ -69,11 +67,10 @@ pub(super) fn start(
             table: None,
             dropped_at: None,
             checked_at: Instant::now(),
-            connected: connected.clone(),
+            connected,
         }
-        .run(),
-    );
-    Ok(Subscriber { commands, connected, task })
+        .run()
+    }))
 }
 
 struct Task {

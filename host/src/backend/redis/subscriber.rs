@@ -37,8 +37,8 @@ pub(super) enum Command {
 /// Handle to the subscriber task; dropping it stops the task.
 pub(super) struct Subscriber {
     pub commands: mpsc::UnboundedSender<Command>,
-    pub(super) connected: Arc<AtomicBool>,
-    pub(super) task: JoinHandle<()>,
+    connected: Arc<AtomicBool>,
+    task: JoinHandle<()>,
 }
 
 impl Drop for Subscriber {
@@ -57,27 +57,28 @@ impl Subscriber {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// Spawn the task `task` makes from the command receiver and the
+    /// "connected" flag it keeps (either topology's subscriber).
+    pub(super) fn spawn<F>(task: impl FnOnce(mpsc::UnboundedReceiver<Command>, Arc<AtomicBool>) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(task(rx, connected.clone()));
+        Subscriber { commands, connected, task }
+    }
+
+    /// The subscriber of one Redis node.
     pub fn start(
         client: redis::Client,
         prefix: String,
         timeout: Duration,
         events: mpsc::UnboundedSender<BackendEvent>,
     ) -> Self {
-        let (commands, rx) = mpsc::unbounded_channel();
-        let connected = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(
-            Task {
-                client,
-                prefix,
-                timeout,
-                events,
-                commands: rx,
-                watched: HashSet::new(),
-                connected: connected.clone(),
-            }
-            .run(),
-        );
-        Subscriber { commands, connected, task }
+        Self::spawn(|commands, connected| {
+            Task { client, prefix, timeout, events, commands, watched: HashSet::new(), connected }.run()
+        })
     }
 }
 
