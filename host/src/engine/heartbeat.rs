@@ -79,10 +79,12 @@ impl Inner {
             .iter()
             .map(|t| {
                 let held = t.believed_held();
-                let state = t.lock();
+                let mut state = t.lock();
                 seen_before.push(state.replica.high());
+                // Sent only when it changed; taken as stored unless the tick
+                // says otherwise (below).
                 let connections = state.connections as u64;
-                let changed = state.reported_connections != Some(connections);
+                let changed = state.reported_connections.replace(connections) != Some(connections);
                 TickTopic {
                     topic: t.name.clone(),
                     held,
@@ -104,17 +106,11 @@ impl Inner {
         .into_iter();
         let ready: Vec<_> =
             ready.into_iter().zip(seen_before).map(|(t, seen)| (t.clone(), reports.next(), seen)).collect();
-        // A count the store took is not sent again until it changes; after a
-        // loss (or a failed tick) it is sent again.
-        for ((topic, report, _), item) in ready.iter().zip(&items) {
-            let mut state = topic.lock();
-            match report.as_ref().map(|r| &r.outcome) {
-                Some(TickOutcome::Alive) => {
-                    if let Some(sent) = item.connections {
-                        state.reported_connections = Some(sent);
-                    }
-                }
-                _ => state.reported_connections = None,
+        // After a loss, a clear or a failed tick, the store may not have the
+        // count: the next tick sends it again.
+        for (topic, report, _) in &ready {
+            if !matches!(report.as_ref().map(|r| &r.outcome), Some(TickOutcome::Alive)) {
+                topic.lock().reported_connections = None;
             }
         }
         Refreshed { topics, ready }
