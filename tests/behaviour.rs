@@ -596,6 +596,7 @@ async fn invalid_options_are_rejected() {
         (Options { ttl: Duration::ZERO, ..Options::default() }, "ttl"),
         (Options { heartbeat: Duration::from_secs(60), ttl: Duration::from_secs(30), ..Options::default() }, "ttl"),
         (Options { key: String::new(), ..Options::default() }, "key"),
+        (Options { count_only: [("x".repeat(2000), 1)].into(), ..Options::default() }, "count_only"),
     ];
     for (options, name) in cases {
         let err = presence::Presence::new(store.backend().await, presence::Hub::new(), options).err().unwrap();

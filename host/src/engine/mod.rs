@@ -530,12 +530,10 @@ impl Presence {
     /// # }
     /// ```
     pub fn set_count_only(&self, prefix: &str, above: Option<u64>) -> Result<(), Error> {
-        let invalid = |reason: String| Err(Error::InvalidOption { name: "count_only", reason });
-        if prefix.len() > self.inner.options.max_topic_bytes {
-            return invalid(format!("the prefix is {} bytes, longer than max_topic_bytes", prefix.len()));
-        }
+        self.inner.options.check_count_prefix(prefix)?;
         if !self.inner.count_rules.set(prefix, above) {
-            return invalid(format!("at most {} rules", counting::MAX_RULES));
+            let reason = format!("at most {} rules", counting::MAX_RULES);
+            return Err(Error::InvalidOption { name: "count_only", reason });
         }
         Ok(())
     }

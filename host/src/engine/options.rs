@@ -152,15 +152,22 @@ impl Options {
         if self.max_topics_per_instance == 0 {
             return invalid("max_topics_per_instance", "must be greater than 0");
         }
-        if let Some(prefix) = self.count_only.keys().find(|p| p.len() > self.max_topic_bytes) {
-            return Err(Error::InvalidOption {
-                name: "count_only",
-                reason: format!(
-                    "prefix {:?}… is longer than max_topic_bytes",
-                    prefix.chars().take(32).collect::<String>()
-                ),
-            });
+        self.count_only.keys().try_for_each(|prefix| self.check_count_prefix(prefix))
+    }
+
+    /// A count-only prefix no longer than a topic may be (options and
+    /// [`super::Presence::set_count_only`] alike).
+    pub(super) fn check_count_prefix(&self, prefix: &str) -> Result<(), Error> {
+        if prefix.len() <= self.max_topic_bytes {
+            return Ok(());
         }
-        Ok(())
+        Err(Error::InvalidOption {
+            name: "count_only",
+            reason: format!(
+                "prefix {:?}… is {} bytes, longer than max_topic_bytes",
+                prefix.chars().take(32).collect::<String>(),
+                prefix.len()
+            ),
+        })
     }
 }
