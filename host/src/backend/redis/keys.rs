@@ -29,6 +29,10 @@ pub struct TopicKeys {
 
 const CHANNEL_SUFFIX: &str = "}:events";
 
+/// Each key's suffix, in the order every script declares the keys
+/// (`prelude.lua`): the one list names are built from and read back by.
+const KEY_SUFFIXES: [&str; 7] = ["}:users", "}:refs", "}:inst", "}:holds", "}:seq", "}:epoch", "}:conns"];
+
 impl TopicKeys {
     /// Every key, in the order every script declares them (`prelude.lua`).
     pub fn all(&self) -> [&str; 7] {
@@ -38,16 +42,8 @@ impl TopicKeys {
     /// The names of `topic` under `prefix`.
     pub fn new(prefix: &str, topic: &str) -> Self {
         let base = format!("{prefix}{{:{topic}");
-        Self {
-            users: format!("{base}}}:users"),
-            refs: format!("{base}}}:refs"),
-            inst: format!("{base}}}:inst"),
-            seq: format!("{base}}}:seq"),
-            epoch: format!("{base}}}:epoch"),
-            holds: format!("{base}}}:holds"),
-            conns: format!("{base}}}:conns"),
-            channel: format!("{base}{CHANNEL_SUFFIX}"),
-        }
+        let [users, refs, inst, holds, seq, epoch, conns] = KEY_SUFFIXES.map(|suffix| format!("{base}{suffix}"));
+        Self { users, refs, inst, seq, epoch, holds, conns, channel: format!("{base}{CHANNEL_SUFFIX}") }
     }
 }
 
@@ -73,7 +69,7 @@ pub fn topic_of_channel<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
 /// The topic a key belongs to, if it is one of ours (used by clear's SCAN).
 pub fn topic_of_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     let rest = key.strip_prefix(prefix)?.strip_prefix("{:")?;
-    ["}:users", "}:refs", "}:inst", "}:holds", "}:seq", "}:epoch"].iter().find_map(|suffix| rest.strip_suffix(suffix))
+    KEY_SUFFIXES.iter().find_map(|suffix| rest.strip_suffix(suffix))
 }
 
 #[cfg(test)]
@@ -83,10 +79,10 @@ mod tests {
     /// Hostile topics round-trip through channel and key names unambiguously.
     #[test]
     fn topics_round_trip() {
-        for topic in ["room", "a|b", "}:users", "{x}", "a}:holds", "ü 💬", ""] {
+        for topic in ["room", "a|b", "}:users", "{x}", "a}:holds", "b}:conns", "ü 💬", ""] {
             let keys = TopicKeys::new("p", topic);
             assert_eq!(topic_of_channel("p", &keys.channel), Some(topic));
-            for key in [&keys.users, &keys.refs, &keys.inst, &keys.holds, &keys.seq, &keys.epoch] {
+            for key in keys.all() {
                 assert_eq!(topic_of_key("p", key), Some(topic), "{key}");
             }
         }
@@ -99,7 +95,7 @@ mod tests {
             let keys = TopicKeys::new("p", topic);
             let slot = crate::backend::redis::slots::slot_of(keys.users.as_bytes());
             assert_eq!(topic_slot(topic), slot, "{topic:?}");
-            for name in [&keys.refs, &keys.inst, &keys.holds, &keys.seq, &keys.epoch, &keys.channel] {
+            for name in keys.all().into_iter().chain([keys.channel.as_str()]) {
                 assert_eq!(crate::backend::redis::slots::slot_of(name.as_bytes()), slot, "{topic:?}: {name}");
             }
         }
