@@ -248,9 +248,8 @@ pub struct RedisKv {
 impl RedisKv {
     /// The store on its own connection to the engine's Redis (one node or a
     /// cluster), not the engine's connection.
-    pub async fn connect(options: &RedisOptions, quota: Quota) -> Result<Self, String> {
-        let endpoint = Endpoint::resolve(options).await.map_err(|e| format!("kv: {e}"))?;
-        let conn = endpoint.connect().await.map_err(|e| format!("kv: {e}"))?;
+    pub async fn connect(options: &RedisOptions, quota: Quota) -> Result<Self, crate::backend::BackendError> {
+        let conn = Endpoint::resolve(options).await?.connect().await?;
         Ok(Self::new(conn, &options.prefix, options.timeout, quota))
     }
 

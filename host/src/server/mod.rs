@@ -174,12 +174,13 @@ pub enum StartError {
         source: crate::backend::BackendError,
     },
     /// The plugin kv's own connection to Redis failed.
-    #[error("cannot use Redis at {url} for the plugin kv: {reason}")]
+    #[error("cannot use Redis at {url} for the plugin kv: {source}")]
     PluginKv {
         /// Without its password.
         url: String,
         /// What failed.
-        reason: String,
+        #[source]
+        source: crate::backend::BackendError,
     },
     /// The plugin cannot be loaded.
     #[error("plugin {path}: {source}")]
@@ -287,7 +288,7 @@ impl PresenceServer {
                 let conn = backend.connection();
                 let kv = RedisKv::connect(options, quota)
                     .await
-                    .map_err(|reason| StartError::PluginKv { url: url.clone(), reason })?;
+                    .map_err(|source| StartError::PluginKv { url: url.clone(), source })?;
                 (Arc::new(backend), Arc::new(kv), Some(conn))
             }
             None => (Arc::new(MemoryStore::new().backend()), Arc::new(MemoryKv::new(quota)), None),
