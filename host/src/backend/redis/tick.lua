@@ -10,8 +10,8 @@
 --       6 how many users this instance believes it holds here (0: it only
 --         observes), 7 the instance's own clock (ms), only to report how far
 --         off it is, 8 its connections here when changed since its last
---         report ('' = unchanged), 9 the backstop (ms) for a `conns` key this
---         report creates
+--         report ('' = unchanged), 9 the backstop (ms) a report renews on
+--         `conns`
 -- Reply: {'alive'|'lost'|'cleared', epoch or '', seq, members, redis now (ms)}
 --   lost:    some or all of the holds are gone (Redis lost its data, or this
 --            instance was cut off longer than ttl and swept) and no clear()
@@ -48,7 +48,9 @@ local connections = ARGV[8]
 if status == 'alive' and connections ~= '' then
   if believed > 0 and tonumber(connections) > 0 then
     redis.call('HSET', KEYS[7], instance, connections)
-    if redis.call('PTTL', KEYS[7]) < 0 then redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[9])) end
+    -- A report is rare (a count changed): it renews the backstop itself, so
+    -- a key it creates never waits for the next backstop tick.
+    redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[9]))
   else
     redis.call('HDEL', KEYS[7], instance)
   end
