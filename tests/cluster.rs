@@ -46,7 +46,7 @@ async fn scripts_touch_only_the_keys_they_declare() {
         b.join(topic, "ada", "{}", None, short).await.unwrap();
         a.leave(topic, "ada").await.unwrap();
         a.tick(
-            &[TickTopic { topic: topic.into(), held: 0, epoch: None, connections: None }],
+            &[TickTopic { topic: topic.into(), held: 0, epoch: None, connections: None, verify: false, renew: false }],
             Duration::from_millis(300),
         )
         .await
@@ -345,8 +345,16 @@ async fn topics_spread_over_masters_and_survive_a_slot_migration() {
     }
     // A heartbeat sends one pipeline per master, each call to the right one.
     let backend = store.redis_backend().await;
-    let ticked: Vec<TickTopic> =
-        (0..300).map(|n| TickTopic { topic: format!("spread-{n}"), held: 0, epoch: None, connections: None }).collect();
+    let ticked: Vec<TickTopic> = (0..300)
+        .map(|n| TickTopic {
+            topic: format!("spread-{n}"),
+            held: 0,
+            epoch: None,
+            connections: None,
+            verify: true,
+            renew: false,
+        })
+        .collect();
     let reports = presence::backend::Backend::tick(&backend, &ticked, Duration::from_secs(4)).await.unwrap();
     assert!(reports.iter().all(|r| r.latest.is_some_and(|l| l.members == 1)), "{reports:?}");
     assert_eq!(backend.retried_calls(), 0, "every batched call went to its slot's master");

@@ -196,9 +196,9 @@ async fn storm_of_tabs_on_two_instances_is_exact() {
     assert!(hashes.is_empty(), "no users, refs or holds left: {hashes:?}");
 }
 
-/// The heartbeat costs one script call per topic, whatever the number of
-/// users held ("one round trip"), and observers' channels are unsubscribed when the
-/// last observer goes.
+/// The heartbeat costs a few commands per topic, whatever the number of
+/// users held, in one script call for up to 100 topics ("one round trip"),
+/// and observers' channels are unsubscribed when the last observer goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
     let server = RedisServer::start();
@@ -210,15 +210,25 @@ async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
         a.presence.join(c.id, if i < 299 { "big" } else { "small" }).await.unwrap();
     }
     let mut con = server.connection();
-    let calls = |con: &mut redis::Connection| -> u64 {
+    // (EVALSHA calls, every command but INFO's), inside scripts included.
+    let calls = |con: &mut redis::Connection| -> (u64, u64) {
         let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-        let line = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("calls=0,");
-        line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+        let calls_of =
+            |line: &str| -> u64 { line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap() };
+        let lines = || info.lines().filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"));
+        let evalsha = lines().find(|l| l.starts_with("cmdstat_evalsha:")).map_or(0, calls_of);
+        (evalsha, lines().map(calls_of).sum())
     };
     a.presence.tick().await;
-    let before = calls(&mut con);
-    a.presence.tick().await;
-    assert_eq!(calls(&mut con) - before, 2, "one tick call per topic, not per user");
+    for _ in 0..16 {
+        let (evalsha, commands) = calls(&mut con);
+        a.presence.tick().await;
+        let (evalsha_after, commands_after) = calls(&mut con);
+        assert_eq!(evalsha_after - evalsha, 1, "one tick call for both topics, not one per user");
+        // The call and TIME, then per topic: refresh and sweep, and at most a
+        // verify (3) and a backstop renewal (7) — never anything per user.
+        assert!(commands_after - commands <= 2 + 2 * (2 + 3 + 7), "{} commands", commands_after - commands);
+    }
 
     let observer = a.connect(json!({"id": "o"}));
     a.presence.sync(observer.id, "watched").await.unwrap();
@@ -238,6 +248,36 @@ async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
         async move { n == 0 }
     })
     .await;
+}
+
+/// A held topic nobody joins or leaves keeps its keys: ticks renew their
+/// backstop expiry, each topic on its own tick of every renewal period
+/// (here sixteen heartbeats: the backstop of a two-hour ttl less two ttls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_held_topics_have_their_backstop_renewed() {
+    let server = RedisServer::start();
+    let options =
+        presence::Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..fast_options() };
+    let a = Instance::start(&Store::redis(&server), options).await;
+    let ada = a.connect(json!({"id": "ada"}));
+    let topics: Vec<String> = (0..20).map(|i| format!("quiet-{i}")).collect();
+    for topic in &topics {
+        a.presence.join(ada.id, topic).await.unwrap();
+    }
+    let mut con = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("presence{:quiet-*").query(&mut con).unwrap();
+    assert!(keys.len() >= 20 * 5, "{keys:?}");
+    // As if most of the backstop had passed since the joins set it.
+    for key in &keys {
+        let _: () = redis::cmd("PEXPIRE").arg(key).arg(5_000).query(&mut con).unwrap();
+    }
+    for _ in 0..16 {
+        a.presence.tick().await;
+    }
+    for key in &keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut con).unwrap();
+        assert!(ttl > 60_000, "{key}: PTTL {ttl} ms, not renewed by sixteen ticks");
+    }
 }
 
 /// Every key of a held topic carries the backstop expiry (a topic nobody

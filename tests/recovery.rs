@@ -85,6 +85,38 @@ async fn a_tab_closed_after_data_loss_leaves_no_ghost() {
     assert!(watcher.view("room").unwrap().is_empty());
 }
 
+/// Redis comes back from an older copy of its data (a snapshot taken before
+/// the last joins): this instance's hold is in it, so a refresh alone sees
+/// nothing wrong. The reconnect's resync has the next tick verify the topic,
+/// which counts the holds, finds three missing and re-asserts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restored_from_an_older_copy_gets_every_live_user_back() {
+    let mut server = RedisServer::start();
+    let store = Store::redis(&server);
+    let a = Instance::start(&store, manual_ticks()).await;
+    let users: Vec<_> = (0..5).map(|i| a.connect(json!({"id": format!("u{i}")}))).collect();
+    for user in &users[..2] {
+        a.presence.join(user.id, "room").await.unwrap();
+    }
+    let _: () = redis::cmd("SAVE").query(&mut server.connection()).unwrap();
+    for user in &users[2..] {
+        a.presence.join(user.id, "room").await.unwrap();
+    }
+    a.presence.tick().await; // the joins' fresh hold is verified: nothing owed
+    let resyncs = a.presence.stats().resyncs;
+
+    server.restart(); // loads the snapshot: two users, and this instance's hold
+    let users_key = presence::backend::redis::TopicKeys::new("presence", "room").users;
+    let listed: u64 = redis::cmd("HLEN").arg(&users_key).query(&mut server.connection()).unwrap();
+    assert_eq!(listed, 2, "the older copy lists two users");
+    poll::until("the subscriber reconnects and re-reads the topic", DEADLINE, async || {
+        poll::when(a.presence.stats().resyncs > resyncs, "no resync yet")
+    })
+    .await;
+    a.presence.tick().await;
+    assert_eq!(a.presence.count("room").await.unwrap(), 5, "every live user is back after one tick");
+}
+
 /// An instance crashes and Redis loses its data: no hold is left to expire,
 /// so no sweep will ever announce the crashed instance's users. The other
 /// instance's heartbeat finds its replica ahead of Redis and repairs it.
@@ -256,6 +288,49 @@ async fn garbage_in_redis_is_ignored() {
     assert!(watcher.view("room").unwrap().contains("alice"));
     let health = a.presence.health();
     assert!(health.is_ok() && health.restarts == 0, "{health:?}");
+}
+
+/// A topic whose keys something else overwrote with another type fails its
+/// own tick, not its neighbours': they share one script call, yet their holds
+/// are still refreshed, so their users are not swept when the ttl runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_topic_does_not_stop_other_topics_heartbeats() {
+    let server = RedisServer::start();
+    let store = Store::redis(&server);
+    let a = Instance::start(&store, manual_ticks()).await;
+    let alice = a.connect(json!({"id": "alice"}));
+    for topic in ["before", "corrupted", "after"] {
+        a.presence.join(alice.id, topic).await.unwrap();
+    }
+    let mut con = server.connection();
+    let keys = |topic| presence::backend::redis::TopicKeys::new("presence", topic);
+    let _: () = redis::cmd("SET").arg(&keys("corrupted").inst).arg("not a sorted set").query(&mut con).unwrap();
+    let expiry = |con: &mut redis::Connection, topic| -> f64 {
+        let reply: Vec<(String, f64)> =
+            redis::cmd("ZRANGE").arg(&keys(topic).inst).arg(0).arg(-1).arg("WITHSCORES").query(con).unwrap();
+        assert_eq!(reply.len(), 1, "one instance holds {topic}");
+        reply[0].1
+    };
+    let before = [expiry(&mut con, "before"), expiry(&mut con, "after")];
+    // Let Redis's clock move on, so a refresh shows in the expiry.
+    let now_ms = |con: &mut redis::Connection| -> u64 {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(con).unwrap();
+        secs * 1000 + micros / 1000
+    };
+    let started = now_ms(&mut con);
+    poll::until_blocking("Redis's clock moves on", Duration::from_secs(3), || {
+        if now_ms(&mut con) > started + 1 {
+            Ok(())
+        } else {
+            Err("same millisecond")
+        }
+    });
+
+    a.presence.tick().await;
+    let after = [expiry(&mut con, "before"), expiry(&mut con, "after")];
+    assert!(after[0] > before[0] && after[1] > before[1], "both neighbours refreshed: {before:?} -> {after:?}");
+    assert_eq!(a.presence.count("after").await.unwrap(), 1);
+    assert!(a.presence.health().is_ok(), "{:?}", a.presence.health());
 }
 
 /// A platform that panics once (a bug in an embedder's code) crashes the

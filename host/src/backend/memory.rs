@@ -387,7 +387,8 @@ mod tests {
         };
         assert!(again > first + 1, "{again} after {first}: the leave took one in between");
         // An observer-only tick does not leave an empty topic behind either.
-        let topic = TickTopic { topic: "watched".into(), held: 0, epoch: None, connections: None };
+        let topic =
+            TickTopic { topic: "watched".into(), held: 0, epoch: None, connections: None, verify: false, renew: false };
         backend.tick(&[topic], ttl).await.unwrap();
         assert_eq!(store.shared.lock().unwrap().topics.len(), 1);
     }

@@ -13,7 +13,8 @@
 //! are served, and `tests/` proves each against a real `redis-server`.
 //!
 //! - **one round trip**: a join and a leave are one atomic step each; a
-//!   heartbeat costs one step per topic, whatever the number of users held.
+//!   heartbeat costs a few commands per topic, whatever the number of users
+//!   held, in one pipelined batch.
 //! - **crash expiry**: each instance's hold on a topic expires on its own, so a
 //!   crashed instance's users leave exactly once within `ttl` + one sweep,
 //!   while the other instances keep the topic alive.
@@ -21,7 +22,8 @@
 //!   last one released one `leave`; other data from another holder, `updated`.
 //! - **recovery**: after the store lost data (restart, flush, failover), the
 //!   next tick reports the loss and every live user is back within one
-//!   heartbeat; a vanished user's `leave` is still announced.
+//!   heartbeat; a vanished user's `leave` is still announced. A store restored
+//!   from an older copy is noticed by the topic's next verify.
 //! - **clear sticks**: `clear()` stamps a new epoch; no heartbeat or late
 //!   join made before it brings the old state back.
 //! - **any bytes**: user keys and topics are arbitrary strings, never parsed
@@ -243,6 +245,14 @@ pub struct TickTopic {
     /// store last took them (`None`: unchanged), for [`Backend::stats`]. The
     /// store keeps them with the instance's hold and drops them with it.
     pub connections: Option<u64>,
+    /// Also check the topic closely: count this instance's holds (a loss
+    /// that a join's new hold hides), read its epoch (a missed clear) and
+    /// report its [`Latest`] state. The engine asks every few ticks per
+    /// topic, spread over topics, and a store may verify more often.
+    pub verify: bool,
+    /// Also renew the backstop expiry of the topic's keys (see [`backstop`]):
+    /// due a few times per backstop, spread over topics.
+    pub renew: bool,
 }
 
 /// A topic's size as the store counts it, without reading its members
@@ -271,6 +281,12 @@ pub enum TickOutcome {
         /// The topic's new epoch.
         epoch: String,
     },
+    /// The store could not tick this topic (its keys are unusable); the other
+    /// topics of the tick are unaffected, and the next tick tries again.
+    Failed {
+        /// What the store said.
+        reason: String,
+    },
 }
 
 /// A tick's outcome plus, from a store that can lose events or data, the
@@ -280,7 +296,8 @@ pub enum TickOutcome {
 pub struct TickReport {
     /// What happened to this instance's hold.
     pub outcome: TickOutcome,
-    /// The topic's state right after (`None` from a store that cannot drift).
+    /// The topic's state right after (`None` from a store that cannot drift,
+    /// or when the tick did not verify the topic).
     pub latest: Option<Latest>,
 }
 
@@ -415,7 +432,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn stats(&self, topic: &str) -> Result<TopicCounts, BackendError>;
 
     /// Refresh this instance's holds and sweep, for every topic given, in one
-    /// pipelined batch. Returns one report per topic, in order.
+    /// pipelined batch (verifying and renewing the topics that ask for it).
+    /// Returns one report per topic, in order.
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError>;
 
     /// Wipe every topic and announce `clear` on each.

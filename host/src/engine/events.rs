@@ -90,8 +90,14 @@ pub(super) async fn resyncer(inner: Weak<Inner>, wanted: Arc<Notify>) {
 
 impl Inner {
     /// Read one topic again and show what changed while events were lost.
+    /// Whatever lost the events (a reconnect, a failover) may have lost
+    /// writes too: the next tick verifies the topic's holds.
     pub(super) async fn resync_topic(&self, topic: &Arc<Topic>) {
-        let seen = topic.lock().replica.high();
+        let seen = {
+            let mut state = topic.lock();
+            state.verify_due = true;
+            state.replica.high()
+        };
         let snapshot = match self.backend.snapshot(&topic.name, seen).await {
             Ok(snapshot) => snapshot,
             Err(e) => {

@@ -1,8 +1,9 @@
 //! The heartbeat, every `heartbeat` interval, in this order:
 //!
 //! 1. refresh this instance's holds and sweep expired ones (one pipelined
-//!    batch, one call per topic). It runs on its own: the rest of the tick
-//!    runs in the background and the next refresh never waits for it, so a
+//!    batch), verifying and renewing the topics `upkeep` says are due (and
+//!    verifying those a resync asked for). It runs on its own: the rest of
+//!    the tick runs in the background and the next refresh never waits for it, so a
 //!    slow store or a long settle cannot delay a refresh past `ttl` and get
 //!    live users swept;
 //! 2. leave connections the platform reports closed;
@@ -75,6 +76,7 @@ impl Inner {
             if self.check_alive().is_ok() { lock(&self.topics).values().cloned().collect() } else { Vec::new() };
         let ready: Vec<&Arc<Topic>> = topics.iter().filter(|t| t.ready.initialized()).collect();
         let mut seen_before = Vec::with_capacity(ready.len());
+        let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
         let items: Vec<TickTopic> = ready
             .iter()
             .map(|t| {
@@ -85,11 +87,14 @@ impl Inner {
                 // says otherwise (below).
                 let connections = state.connections as u64;
                 let changed = state.reported_connections.replace(connections) != Some(connections);
+                let duties = self.upkeep.duties(tick, &t.name);
                 TickTopic {
                     topic: t.name.clone(),
                     held,
                     epoch: state.epoch.clone(),
                     connections: changed.then_some(connections),
+                    verify: duties.verify || std::mem::take(&mut state.verify_due),
+                    renew: duties.renew,
                 }
             })
             .collect();
@@ -107,10 +112,13 @@ impl Inner {
         let ready: Vec<_> =
             ready.into_iter().zip(seen_before).map(|(t, seen)| (t.clone(), reports.next(), seen)).collect();
         // After a loss, a clear or a failed tick, the store may not have the
-        // count: the next tick sends it again.
+        // count: the next tick sends it again. A verify a failed tick owed
+        // waits for the next one too.
         for (topic, report, _) in &ready {
             if !matches!(report.as_ref().map(|r| &r.outcome), Some(TickOutcome::Alive)) {
-                topic.lock().reported_connections = None;
+                let mut state = topic.lock();
+                state.reported_connections = None;
+                state.verify_due |= report.is_none();
             }
         }
         Refreshed { topics, ready }
@@ -143,6 +151,9 @@ impl Inner {
                             slot.remote = Remote::Unknown;
                         }
                     }
+                }
+                Some(TickOutcome::Failed { reason }) => {
+                    tracing::warn!(topic = %topic.name, reason, "heartbeat: cannot refresh this topic's hold");
                 }
                 Some(TickOutcome::Alive) | None => {}
             }

@@ -10,6 +10,7 @@
 //! This file is the façade; the parts are:
 //! - `membership`: joins, leaves, observers, clears — one path per transition;
 //! - `heartbeat`: refresh, settle, replica repair, heartbeat envelopes;
+//! - `upkeep`: which topics a tick also verifies and renews;
 //! - `events`: the backend's events into replicas, and resyncs;
 //! - `supervisor`: background tasks restarted after a panic, and health;
 //! - `topic` and `replica`: what one instance keeps per topic;
@@ -33,6 +34,7 @@ mod replica;
 pub mod select;
 mod supervisor;
 mod topic;
+mod upkeep;
 
 pub use builder::{Policy, PresenceBuilder};
 pub use envelope::{presence_topic, Envelope, PRESENCE_PREFIX};
@@ -219,6 +221,9 @@ pub(crate) struct Inner {
     /// Count-only topics whose count changed since the last `count` event.
     counts_due: Mutex<std::collections::HashSet<String>>,
     counts_wanted: Arc<Notify>,
+    /// Heartbeat ticks so far, and which topics each one verifies and renews.
+    ticks: std::sync::atomic::AtomicU64,
+    upkeep: upkeep::Upkeep,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,6 +242,7 @@ impl Presence {
         let resync_wanted = Arc::new(Notify::new());
         let counts_wanted = Arc::new(Notify::new());
         let count_rules = counting::CountRules::new(options.count_only.clone());
+        let upkeep = upkeep::Upkeep::new(options.heartbeat, options.ttl);
         let inner = Arc::new(Inner {
             stats: Counters::default(),
             backend,
@@ -250,6 +256,8 @@ impl Presence {
             count_rules,
             counts_due: Mutex::default(),
             counts_wanted: counts_wanted.clone(),
+            ticks: Default::default(),
+            upkeep,
         });
         let supervisor = Arc::new(Supervisor::default());
         let events: events::Events = Arc::new(tokio::sync::Mutex::new(events));

@@ -41,6 +41,8 @@ pub(crate) struct TopicState {
     /// The store's newest sequence number when the last tick found the
     /// replica behind it; behind the same number twice means events were lost.
     pub behind_at: Option<u64>,
+    /// The next tick verifies the topic whatever its schedule (see `upkeep`).
+    pub verify_due: bool,
 }
 
 /// One local connection of a user.

@@ -6,7 +6,10 @@
 -- ARGV: 1 instance id, 2 user key, 3 public data (JSON), 4 ttl (ms),
 --       5 backstop (ms), 6 epoch this instance knows ('' = none), 7 channel,
 --       8 most users the topic may list (0 = no cap)
--- Reply: {'join'|'updated', seq} | {'same', 0} | {'stale', epoch} | {'full', users}
+-- Reply: {'join'|'updated', seq, fresh} | {'same', 0, fresh} | {'stale', epoch} | {'full', users}
+--   fresh: 1 when this call created the instance's hold on the topic (its
+--   first join there, or its hold was lost): the backend then has the next
+--   tick count the instance's holds, since a loss would hide behind it.
 --
 -- "exactly once": only the first holder anywhere publishes `join`; a later
 -- holder publishes `updated` when its data differs, nothing otherwise.
@@ -29,7 +32,7 @@ if max_users > 0 then
 end
 
 local now = redis_now()
-redis.call('ZADD', KEYS[3], now + ttl, instance)
+local fresh = redis.call('ZADD', KEYS[3], now + ttl, instance)
 local kind
 if redis.call('ZADD', KEYS[4], 'NX', 0, instance .. user) == 1 and redis.call('HINCRBY', KEYS[2], user, 1) == 1 then
   kind = 'join'
@@ -39,10 +42,10 @@ else
   kind = 'updated'
 end
 backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, keep)
-if kind == 'same' then return {'same', 0} end
+if kind == 'same' then return {'same', 0, fresh} end
 
 redis.call('HSET', KEYS[1], user, data)
 local seq = next_seq(KEYS[5], now)
 redis.call('PEXPIRE', KEYS[5], keep)
 publish_change(channel, instance, seq, kind, user, data)
-return {kind, seq}
+return {kind, seq, fresh}

@@ -5,7 +5,8 @@
 //! Each operation is one Lua script (see the `.lua` files beside this module,
 //! each headed by its KEYS, ARGV, reply and the property it serves), called by
 //! SHA over one multiplexed connection; the heartbeat is one pipelined batch
-//! (on a cluster, one per master). [`connection`] says which URLs mean what.
+//! of tick calls, each covering up to 100 topics (on a cluster, one batch per
+//! master and one call per slot). [`connection`] says which URLs mean what.
 //!
 //! ## Behavior on failure
 //!
@@ -22,9 +23,13 @@
 //!   cluster, only the topics whose shard moved or failed over
 //!   ([`BackendEvent::TopicResynced`]).
 //! - Scripts lost with a restart (NOSCRIPT) are loaded again transparently.
-//! - A Redis that came back empty (or lost some writes) is noticed by the next
-//!   heartbeat tick ([`super::TickOutcome::Lost`]: fewer users held than the instance
-//!   believes) and the engine re-asserts its users, pipelined.
+//! - A Redis that came back empty is noticed by the next heartbeat tick
+//!   ([`super::TickOutcome::Lost`]: this instance's hold is gone, or a join
+//!   re-created it and the tick counts fewer users held than the instance
+//!   believes) and the engine re-asserts its users, pipelined. One that lost
+//!   some writes is noticed by the topic's next verify (every few ticks).
+//! - A topic whose keys are unusable (a wrong type written by something else)
+//!   fails its own tick ([`super::TickOutcome::Failed`]), not its batch's.
 //! - Expiries use Redis's clock (`TIME` inside the scripts). The instance's own
 //!   clock is only compared with it, to warn when it is far off
 //!   ([`RedisBackend::clock_skew`]).
@@ -107,6 +112,11 @@ impl RedisOptions {
 /// not depend on it, but the plugin clock and the logs do.
 const SKEW_WARNING_MS: i64 = 1000;
 
+/// Topics per tick.lua call: enough that Redis pays the call and its clock
+/// read rarely, few enough that one call blocks Redis for well under a
+/// millisecond.
+const TOPICS_PER_TICK_CALL: usize = 100;
+
 /// Presence state in Redis, speaking for one instance.
 pub struct RedisBackend {
     conn: RedisConnection,
@@ -124,9 +134,10 @@ pub struct RedisBackend {
     clock_offset_ms: i64,
     /// This instance's clock minus Redis's, as of the last tick (ms).
     skew_ms: AtomicI64,
-    /// When a tick last refreshed the backstop expiry of every held topic's
-    /// keys: once a quarter of the backstop is enough, not every tick.
-    backstop_refreshed: Mutex<Option<std::time::Instant>>,
+    /// Topics where a join created this instance's hold since the last tick:
+    /// the next tick verifies them, since a hold lost with Redis's data and
+    /// re-created by a join looks alive to a refresh.
+    fresh_holds: Mutex<HashSet<String>>,
 }
 
 /// Run one Redis call under `timeout`, mapping its error.
@@ -200,7 +211,7 @@ impl RedisBackend {
             events: Mutex::new(Some(rx)),
             clock_offset_ms: options.clock_offset_ms,
             skew_ms: AtomicI64::new(0),
-            backstop_refreshed: Mutex::new(None),
+            fresh_holds: Mutex::new(HashSet::new()),
         };
         // Load every script up front (on a cluster, on every node), so
         // pipelined calls, which cannot load on demand, find them; after a
@@ -256,17 +267,26 @@ impl RedisBackend {
         now_ms().saturating_add_signed(self.clock_offset_ms)
     }
 
-    /// The backstop to set on this tick's topics, when it is due: a join
-    /// sets it on the keys it creates, and the ticks refresh it every quarter
-    /// of its length, so a held topic's keys never reach it.
-    fn backstop_due(&self, ttl: Duration) -> Option<Duration> {
-        let keep = backstop(ttl);
-        let mut refreshed = self.backstop_refreshed.lock().unwrap_or_else(|p| p.into_inner());
-        if refreshed.is_some_and(|at| at.elapsed() < keep / 4) {
-            return None;
+    /// The topics of a tick, by index, in script calls of at most
+    /// `TOPICS_PER_TICK_CALL`: on a cluster each call's topics share a slot.
+    fn tick_batches(&self, topics: &[TickTopic]) -> Vec<Vec<usize>> {
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, item) in topics.iter().enumerate() {
+            let slot = match self.endpoint.topology {
+                Topology::Single => 0,
+                Topology::Cluster => keys::topic_slot(&item.topic),
+            };
+            groups.entry(slot).or_default().push(i);
         }
-        *refreshed = Some(std::time::Instant::now());
-        Some(keep)
+        groups
+            .into_values()
+            .flat_map(|g| g.chunks(TOPICS_PER_TICK_CALL).map(<[usize]>::to_vec).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// A join created this instance's hold on `topic` (see `fresh_holds`).
+    fn note_fresh_hold(&self, topic: &str) {
+        self.fresh_holds.lock().unwrap_or_else(|p| p.into_inner()).insert(topic.to_owned());
     }
 
     fn note_skew(&self, redis_now: u64, local_now: u64) {
@@ -455,7 +475,11 @@ impl Backend for RedisBackend {
         epoch: Option<&str>,
         terms: HoldTerms,
     ) -> Result<JoinOutcome, BackendError> {
-        let scripts::JoinReply(outcome) = self.invoke("join", self.join_call(topic, key, data, epoch, terms)).await?;
+        let scripts::JoinReply(outcome, fresh_hold) =
+            self.invoke("join", self.join_call(topic, key, data, epoch, terms)).await?;
+        if fresh_hold {
+            self.note_fresh_hold(topic);
+        }
         Ok(outcome)
     }
 
@@ -488,9 +512,12 @@ impl Backend for RedisBackend {
             let replies: Vec<redis::Value> = self.pipeline("apply", Some(users_key.as_bytes()), &pipe).await?;
             for (change, reply) in batch.iter().zip(replies) {
                 let parsed = match change {
-                    HoldChange::Assert { .. } => {
-                        scripts::JoinReply::from_redis_value(reply).map(|r| HoldOutcome::Asserted(r.0))
-                    }
+                    HoldChange::Assert { .. } => scripts::JoinReply::from_redis_value(reply).map(|r| {
+                        if r.1 {
+                            self.note_fresh_hold(topic);
+                        }
+                        HoldOutcome::Asserted(r.0)
+                    }),
                     HoldChange::Release { .. } => {
                         scripts::LeaveReply::from_redis_value(reply).map(|r| HoldOutcome::Released(r.0))
                     }
@@ -527,33 +554,52 @@ impl Backend for RedisBackend {
     }
 
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
-        let keep = self.backstop_due(ttl).map_or(0, |keep| keep.as_millis() as u64);
         let local_now = self.local_now_ms();
-        let names: Vec<&str> = topics.iter().map(|t| t.topic.as_str()).collect();
-        // Bounded batches keep each round trip well inside the timeout.
+        let fresh = std::mem::take(&mut *self.fresh_holds.lock().unwrap_or_else(|p| p.into_inner()));
+        // Verified by this tick. One not ticked is new (no earlier hold to
+        // lose) or forgotten; after a failed tick, every one waits for the next.
+        let keep_fresh = || self.fresh_holds.lock().unwrap_or_else(|p| p.into_inner()).extend(fresh.iter().cloned());
+        let batches = self.tick_batches(topics);
+        let first_topics: Vec<&str> = batches.iter().map(|b| topics[b[0]].topic.as_str()).collect();
+        // A few batches a pipeline keep each round trip well inside the timeout.
         let replies = self
-            .batched("tick", &names, 512, |i| {
-                let item = &topics[i];
-                let k = self.keys(&item.topic);
+            .batched("tick", &first_topics, 16, |b| {
                 let mut call = self.scripts.tick.call();
-                call.topic_keys(&k);
-                call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(keep);
-                call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held).arg(local_now);
-                call.arg(item.connections.map_or(String::new(), |n| n.to_string()));
-                call.arg(backstop(ttl).as_millis() as u64);
+                call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(backstop(ttl).as_millis() as u64);
+                for &i in &batches[b] {
+                    let item = &topics[i];
+                    let k = self.keys(&item.topic);
+                    call.topic_keys(&k);
+                    let verify = item.verify || fresh.contains(&item.topic);
+                    let duties = match (verify, item.renew) {
+                        (true, true) => "vr",
+                        (true, false) => "v",
+                        (false, true) => "r",
+                        (false, false) => "",
+                    };
+                    call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held);
+                    call.arg(item.connections.map_or(String::new(), |n| n.to_string())).arg(duties);
+                }
                 call
             })
-            .await?;
-        let mut reports = Vec::with_capacity(replies.len());
-        for reply in replies {
-            let scripts::TickReply(report, redis_now) = scripts::TickReply::from_redis_value(reply)
+            .await
+            .inspect_err(|_| keep_fresh())?;
+        let mut reports: Vec<Option<TickReport>> = vec![None; topics.len()];
+        for (batch, reply) in batches.iter().zip(replies) {
+            let reply = scripts::TickReply::from_redis_value(reply)
                 .map_err(|e| BackendError::protocol("tick", e.to_string()))?;
-            if reports.is_empty() {
-                self.note_skew(redis_now, local_now);
+            if reply.reports.len() != batch.len() {
+                let reason = format!("{} reports for {} topics", reply.reports.len(), batch.len());
+                return Err(BackendError::protocol("tick", reason));
             }
-            reports.push(report);
+            if batch[0] == 0 {
+                self.note_skew(reply.redis_now, local_now);
+            }
+            for (&i, report) in batch.iter().zip(reply.reports) {
+                reports[i] = Some(report);
+            }
         }
-        Ok(reports)
+        Ok(reports.into_iter().map(|r| r.expect("every topic is in one batch")).collect())
     }
 
     async fn clear(&self) -> Result<(), BackendError> {

@@ -155,21 +155,24 @@ fn items(value: Value, at_least: usize) -> Result<Vec<Value>, ParsingError> {
     }
 }
 
-/// Reply of join.lua.
-pub struct JoinReply(pub super::JoinOutcome);
+/// Reply of join.lua, and whether the call created this instance's hold on
+/// the topic (its first join there, or the hold had been lost).
+pub struct JoinReply(pub super::JoinOutcome, pub bool);
 
 impl FromRedisValue for JoinReply {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
         use super::JoinOutcome::*;
         let items = items(v, 2)?;
-        Ok(JoinReply(match text(&items[0])?.as_str() {
+        let outcome = match text(&items[0])?.as_str() {
             "join" => Joined { seq: int(&items[1])? },
             "updated" => Updated { seq: int(&items[1])? },
             "same" => Unchanged,
             "stale" => StaleEpoch { epoch: text(&items[1])? },
             "full" => Full { members: int(&items[1])? },
             other => return Err(format!("unknown join status {other:?}").into()),
-        }))
+        };
+        let fresh_hold = items.get(2).map(int).transpose()? == Some(1);
+        Ok(JoinReply(outcome, fresh_hold))
     }
 }
 
@@ -189,23 +192,43 @@ impl FromRedisValue for LeaveReply {
     }
 }
 
-/// Reply of tick.lua: the report and Redis's clock (ms) when it ran.
-pub struct TickReply(pub super::TickReport, pub u64);
+/// Reply of tick.lua: Redis's clock (ms) when it ran, and one report per
+/// topic of the batch, in order.
+pub struct TickReply {
+    pub redis_now: u64,
+    pub reports: Vec<super::TickReport>,
+}
 
 impl FromRedisValue for TickReply {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        use crate::backend::TickOutcome::*;
-        let items = items(v, 5)?;
-        let outcome = match text(&items[0])?.as_str() {
-            "alive" => Alive,
-            "lost" => Lost,
-            "cleared" => Cleared { epoch: text(&items[1])? },
-            other => return Err(format!("unknown tick status {other:?}").into()),
-        };
-        let latest = crate::backend::Latest { seq: int(&items[2])?, members: int(&items[3])? };
-        let report = super::TickReport { outcome, latest: Some(latest) };
-        Ok(TickReply(report, int(&items[4])?))
+        let mut items = items(v, 1)?.into_iter();
+        let redis_now = int(&items.next().expect("at least one item"))?;
+        let reports = items.map(tick_report).collect::<Result<_, _>>()?;
+        Ok(TickReply { redis_now, reports })
     }
+}
+
+/// One topic's part of a tick.lua reply: its status alone, or
+/// `{status, epoch[, seq, members]}`.
+fn tick_report(v: Value) -> Result<super::TickReport, ParsingError> {
+    use crate::backend::TickOutcome::*;
+    let items = match v {
+        Value::Array(_) => items(v, 2)?,
+        status => vec![status],
+    };
+    let detail = || items.get(1).ok_or_else(|| ParsingError::from(format!("no detail in {items:?}"))).and_then(text);
+    let outcome = match text(&items[0])?.as_str() {
+        "alive" => Alive,
+        "lost" => Lost,
+        "cleared" => Cleared { epoch: detail()? },
+        "error" => Failed { reason: detail()? },
+        other => return Err(format!("unknown tick status {other:?}").into()),
+    };
+    let latest = match items.get(2..4) {
+        Some([seq, members]) => Some(crate::backend::Latest { seq: int(seq)?, members: int(members)? }),
+        _ => None,
+    };
+    Ok(super::TickReport { outcome, latest })
 }
 
 /// Reply of snapshot.lua.

@@ -1,61 +1,94 @@
--- tick.lua: one heartbeat of this instance on one topic: refresh its hold, check
--- that every user it believes it holds is still held, sweep expired holds, and
--- report the topic's state. O(1) in the users held ("one round trip"); the
--- engine pipelines one call per topic.
+-- tick.lua: one heartbeat of this instance on a batch of topics (on a cluster,
+-- topics of one slot): for each, refresh its hold and sweep expired holds, and
+-- now and then verify it and renew its keys' backstop. O(1) in the users held
+-- ("one round trip"); the engine pipelines the batches. One call covers many
+-- topics so Redis pays the call and the clock read once per batch, and a
+-- steady tick costs two commands per topic (ZADD, ZRANGEBYSCORE).
 --
--- KEYS: 1 users, 2 refs, 3 inst, 4 holds, 5 seq, 6 epoch, 7 conns
--- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms; 0 = not due this tick: the
---         instance refreshes it every quarter of its length, not every tick),
---       4 epoch this instance knows ('' = none), 5 channel,
---       6 how many users this instance believes it holds here (0: it only
---         observes), 7 the instance's own clock (ms), only to report how far
---         off it is, 8 its connections here when changed since its last
---         report ('' = unchanged), 9 the backstop (ms) a report renews on
---         `conns`
--- Reply: {'alive'|'lost'|'cleared', epoch or '', seq, members, redis now (ms)}
+-- KEYS: 7 per topic, each topic's in the order of the prelude (1 users, 2 refs,
+--       3 inst, 4 holds, 5 seq, 6 epoch, 7 conns)
+-- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms), then 5 per topic:
+--       epoch this instance knows ('' = none), channel, how many users this
+--       instance believes it holds there (0: it only observes), its
+--       connections there when changed since its last report ('' =
+--       unchanged), duties ('' or any of: 'v' verify, 'r' renew the backstop)
+-- Reply: {redis now (ms), then per topic: its status alone when that is all
+--   there is to say, else {status, epoch or ''[, seq, members]}}
+--   alive:   hold refreshed, or nothing to refresh.
 --   lost:    some or all of the holds are gone (Redis lost its data, or this
 --            instance was cut off longer than ttl and swept) and no clear()
 --            happened: the engine re-asserts its users with join.lua
---            ("recovery"). Counting the held set catches a loss even when a join
---            since the loss re-created the hold itself. A missing hold is never
---            re-created here (XX), so nothing is resurrected.
+--            ("recovery"). A missing hold is never re-created here (XX), so
+--            nothing is resurrected. A verify also counts the held set, which
+--            catches a loss after a join re-created the hold (the backend asks
+--            for a verify whenever a join reports it created the hold).
 --   cleared: clear() ran since this instance last looked ("clear sticks").
---   seq, members: the topic's latest sequence number (0 when Redis has none)
---            and unique users, so the instance can tell its replica drifted.
-local instance, ttl, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local known_epoch, channel, believed = ARGV[4], ARGV[5], tonumber(ARGV[6])
+--            A refreshed hold proves there was none: clear() deletes the
+--            holds, and join.lua re-creates one only for an instance that
+--            knows the new epoch. Observers read the epoch when verifying.
+--   error:   this topic's keys are unusable (the epoch field carries Redis's
+--            message); the other topics of the batch are unaffected.
+--   seq, members (verify only): the topic's latest sequence number (0 when
+--            Redis has none) and unique users, so the instance can tell its
+--            replica drifted.
+local instance, ttl, keep = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now = redis_now()
+-- Formatted once: a Lua number given to redis.call is formatted on each call.
+local now_text, expiry = string.format('%d', now), string.format('%d', now + ttl)
 
-local epoch = redis.call('GET', KEYS[6])
-local status = 'alive'
-if epoch and epoch ~= known_epoch then
-  status = 'cleared'
-elseif believed > 0 then
-  if redis.call('ZADD', KEYS[3], 'XX', 'CH', now + ttl, instance) == 0
-      and not redis.call('ZSCORE', KEYS[3], instance) then
-    status = 'lost'
-  else
-    if redis.call('ZLEXCOUNT', KEYS[4], holds_range(instance)) < believed then status = 'lost' end
-    if keep > 0 then
-      backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7]}, keep)
-      if epoch then redis.call('PEXPIRE', KEYS[6], keep) end
+-- The topic whose keys start at KEYS[b + 1] and arguments at ARGV[a + 1].
+local function tick_topic(b, a)
+  local users, refs, inst, holds, seq_key, epoch_key, conns = unpack(KEYS, b + 1, b + 7)
+  local known_epoch, channel, believed, connections, duties = unpack(ARGV, a + 1, a + 5)
+  believed = tonumber(believed)
+  local verify, renew = false, false
+  if duties ~= '' then
+    verify, renew = string.find(duties, 'v', 1, true), string.find(duties, 'r', 1, true)
+  end
+  local status, epoch = 'alive', nil
+  if believed > 0 then
+    if redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 0
+        and not redis.call('ZSCORE', inst, instance) then
+      epoch = redis.call('GET', epoch_key)
+      status = (epoch and epoch ~= known_epoch) and 'cleared' or 'lost'
+    elseif verify and redis.call('ZLEXCOUNT', holds, holds_range(instance)) < believed then
+      status = 'lost'
     end
   end
-end
-
--- The instance's connections, for stats: kept with its hold, dropped with it.
-local connections = ARGV[8]
-if status == 'alive' and connections ~= '' then
-  if believed > 0 and tonumber(connections) > 0 then
-    redis.call('HSET', KEYS[7], instance, connections)
-    -- A report is rare (a count changed): it renews the backstop itself, so
-    -- a key it creates never waits for the next backstop tick.
-    redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[9]))
-  else
-    redis.call('HDEL', KEYS[7], instance)
+  local seq
+  if verify and status ~= 'cleared' then
+    local read = redis.call('MGET', epoch_key, seq_key)
+    epoch, seq = read[1] or nil, tonumber(read[2] or '0')
+    if epoch and epoch ~= known_epoch then status = 'cleared' end
   end
+  if status == 'alive' and believed > 0 and renew then
+    backstop({users, refs, inst, holds, seq_key, conns}, keep)
+    if epoch then redis.call('PEXPIRE', epoch_key, keep) end
+  end
+
+  -- The instance's connections, for stats: kept with its hold, dropped with it.
+  if status == 'alive' and connections ~= '' then
+    if believed > 0 and tonumber(connections) > 0 then
+      redis.call('HSET', conns, instance, connections)
+      -- A report is rare (a count changed): it renews the backstop itself, so
+      -- a key it creates never waits for the next renewal.
+      redis.call('PEXPIRE', conns, keep)
+    else
+      redis.call('HDEL', conns, instance)
+    end
+  end
+
+  sweep(users, refs, inst, holds, seq_key, conns, channel, now, now_text)
+  if not verify then return epoch and {status, epoch} or status end
+  return {status, epoch or '', seq, redis.call('HLEN', users)}
 end
 
-sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[7], channel, now)
-local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
-return {status, epoch or '', seq, redis.call('HLEN', KEYS[1]), now}
+local replies = {now}
+for t = 0, #KEYS / 7 - 1 do
+  local ok, reply = pcall(tick_topic, t * 7, 3 + t * 5)
+  if not ok then
+    reply = {'error', type(reply) == 'table' and tostring(reply.err) or tostring(reply)}
+  end
+  replies[#replies + 1] = reply
+end
+return replies
