@@ -201,27 +201,30 @@ pub struct TickReply {
 
 impl FromRedisValue for TickReply {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
-        let mut items = items(v, 1)?.into_iter();
-        let redis_now = int(&items.next().expect("at least one item"))?;
-        let reports = items.map(tick_report).collect::<Result<_, _>>()?;
+        let mut items = items(v, 2)?.into_iter();
+        let redis_now = int(&items.next().expect("two items"))?;
+        let marks = text(&items.next().expect("two items"))?;
+        let mut reports = Vec::with_capacity(marks.len());
+        for mark in marks.bytes() {
+            reports.push(match mark {
+                b'a' => super::TickReport { outcome: crate::backend::TickOutcome::Alive, latest: None },
+                b'd' => tick_report(items.next().ok_or("fewer tick details than marks")?)?,
+                other => return Err(format!("unknown tick mark {:?}", other as char).into()),
+            });
+        }
         Ok(TickReply { redis_now, reports })
     }
 }
 
-/// One topic's part of a tick.lua reply: its status alone, or
-/// `{status, epoch[, seq, members]}`.
+/// One topic's detail in a tick.lua reply: `{status, epoch[, seq, members]}`.
 fn tick_report(v: Value) -> Result<super::TickReport, ParsingError> {
     use crate::backend::TickOutcome::*;
-    let items = match v {
-        Value::Array(_) => items(v, 2)?,
-        status => vec![status],
-    };
-    let detail = || items.get(1).ok_or_else(|| ParsingError::from(format!("no detail in {items:?}"))).and_then(text);
+    let items = items(v, 2)?;
     let outcome = match text(&items[0])?.as_str() {
         "alive" => Alive,
         "lost" => Lost,
-        "cleared" => Cleared { epoch: detail()? },
-        "error" => Failed { reason: detail()? },
+        "cleared" => Cleared { epoch: text(&items[1])? },
+        "error" => Failed { reason: text(&items[1])? },
         other => return Err(format!("unknown tick status {other:?}").into()),
     };
     let latest = match items.get(2..4) {

@@ -12,8 +12,10 @@
 --       instance believes it holds there (0: it only observes), its
 --       connections there when changed since its last report ('' =
 --       unchanged), duties ('' or any of: 'v' verify, 'r' renew the backstop)
--- Reply: {redis now (ms), then per topic: its status alone when that is all
---   there is to say, else {status, epoch or ''[, seq, members]}}
+-- Reply: {redis now (ms), marks, details...}: `marks` has one byte per topic,
+--   'a' when it is alive and there is nothing more to say (most ticks), else
+--   'd' and its {status, epoch or ''[, seq, members]} is the next detail.
+--   (A string of marks costs Redis far less than a reply item per topic.)
 --   alive:   hold refreshed, or nothing to refresh.
 --   lost:    some or all of the holds are gone (Redis lost its data, or this
 --            instance was cut off longer than ttl and swept) and no clear()
@@ -79,16 +81,21 @@ local function tick_topic(b, a)
   end
 
   sweep(users, refs, inst, holds, seq_key, conns, channel, now, now_text)
-  if not verify then return epoch and {status, epoch} or status end
+  if not verify then return (status ~= 'alive' or epoch) and {status, epoch or ''} or nil end
   return {status, epoch or '', seq, redis.call('HLEN', users)}
 end
 
-local replies = {now}
+local marks, details = {}, {}
 for t = 0, #KEYS / 7 - 1 do
-  local ok, reply = pcall(tick_topic, t * 7, 3 + t * 5)
+  local ok, detail = pcall(tick_topic, t * 7, 3 + t * 5)
   if not ok then
-    reply = {'error', type(reply) == 'table' and tostring(reply.err) or tostring(reply)}
+    detail = {'error', type(detail) == 'table' and tostring(detail.err) or tostring(detail)}
   end
-  replies[#replies + 1] = reply
+  if detail then
+    marks[t + 1] = 'd'
+    details[#details + 1] = detail
+  else
+    marks[t + 1] = 'a'
+  end
 end
-return replies
+return {now, table.concat(marks), unpack(details)}
