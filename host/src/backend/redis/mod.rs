@@ -267,14 +267,15 @@ impl RedisBackend {
         now_ms().saturating_add_signed(self.clock_offset_ms)
     }
 
-    /// The topics of a tick, by index, in script calls of at most
-    /// `TOPICS_PER_TICK_CALL`: on a cluster each call's topics share a slot.
-    fn tick_batches(&self, topics: &[TickTopic]) -> Vec<Vec<usize>> {
+    /// The topics `which` of a tick (indices into `topics`), in script calls
+    /// of at most `TOPICS_PER_TICK_CALL`: on a cluster each call's topics
+    /// share a slot.
+    fn tick_batches(&self, topics: &[TickTopic], which: &[usize]) -> Vec<Vec<usize>> {
         let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-        for (i, item) in topics.iter().enumerate() {
+        for &i in which {
             let slot = match self.endpoint.topology {
                 Topology::Single => 0,
-                Topology::Cluster => keys::topic_slot(&item.topic),
+                Topology::Cluster => keys::topic_slot(&topics[i].topic),
             };
             groups.entry(slot).or_default().push(i);
         }
@@ -282,6 +283,63 @@ impl RedisBackend {
             .into_values()
             .flat_map(|g| g.chunks(TOPICS_PER_TICK_CALL).map(<[usize]>::to_vec).collect::<Vec<_>>())
             .collect()
+    }
+
+    /// One round of a tick over the topics `which` (indices into `topics`),
+    /// quick where nothing calls for a full tick, or all in `full`. A report
+    /// per index of `topics` (`None` for those not in `which`, and for quick
+    /// ones that asked for a full tick).
+    async fn tick_round(
+        &self,
+        topics: &[TickTopic],
+        which: &[usize],
+        ttl: Duration,
+        fresh: &HashSet<String>,
+        full: bool,
+    ) -> Result<Vec<Option<TickReport>>, BackendError> {
+        let local_now = self.local_now_ms();
+        let batches = self.tick_batches(topics, which);
+        let first_topics: Vec<&str> = batches.iter().map(|b| topics[b[0]].topic.as_str()).collect();
+        // A few batches a pipeline keep each round trip well inside the timeout.
+        let replies = self
+            .batched("tick", &first_topics, 16, |b| {
+                let mut call = self.scripts.tick.call();
+                call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(backstop(ttl).as_millis() as u64);
+                for &i in &batches[b] {
+                    let item = &topics[i];
+                    let k = self.keys(&item.topic);
+                    let verify = item.verify || fresh.contains(&item.topic);
+                    let duties = [(verify, 'v'), (item.renew, 'r'), (full, 's')]
+                        .into_iter()
+                        .filter_map(|(due, duty)| due.then_some(duty))
+                        .collect::<String>();
+                    let connections = item.connections.map_or(String::new(), |n| n.to_string());
+                    let quick = duties.is_empty() && connections.is_empty();
+                    match quick {
+                        true => call.key(&k.inst).arg(item.epoch.as_deref().unwrap_or("")).arg(""),
+                        false => call.topic_keys(&k).arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel),
+                    };
+                    call.arg(item.held).arg(connections).arg(duties);
+                }
+                call
+            })
+            .await?;
+        let mut reports: Vec<Option<TickReport>> = vec![None; topics.len()];
+        for (batch, reply) in batches.iter().zip(replies) {
+            let reply = scripts::TickReply::from_redis_value(reply)
+                .map_err(|e| BackendError::protocol("tick", e.to_string()))?;
+            if reply.reports.len() != batch.len() {
+                let reason = format!("{} reports for {} topics", reply.reports.len(), batch.len());
+                return Err(BackendError::protocol("tick", reason));
+            }
+            if batch[0] == 0 {
+                self.note_skew(reply.redis_now, local_now);
+            }
+            for (&i, report) in batch.iter().zip(reply.reports) {
+                reports[i] = report;
+            }
+        }
+        Ok(reports)
     }
 
     /// A join created this instance's hold on `topic` (see `fresh_holds`).
@@ -554,52 +612,25 @@ impl Backend for RedisBackend {
     }
 
     async fn tick(&self, topics: &[TickTopic], ttl: Duration) -> Result<Vec<TickReport>, BackendError> {
-        let local_now = self.local_now_ms();
         let fresh = std::mem::take(&mut *self.fresh_holds.lock().unwrap_or_else(|p| p.into_inner()));
         // Verified by this tick. One not ticked is new (no earlier hold to
         // lose) or forgotten; after a failed tick, every one waits for the next.
         let keep_fresh = || self.fresh_holds.lock().unwrap_or_else(|p| p.into_inner()).extend(fresh.iter().cloned());
-        let batches = self.tick_batches(topics);
-        let first_topics: Vec<&str> = batches.iter().map(|b| topics[b[0]].topic.as_str()).collect();
-        // A few batches a pipeline keep each round trip well inside the timeout.
-        let replies = self
-            .batched("tick", &first_topics, 16, |b| {
-                let mut call = self.scripts.tick.call();
-                call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(backstop(ttl).as_millis() as u64);
-                for &i in &batches[b] {
-                    let item = &topics[i];
-                    let k = self.keys(&item.topic);
-                    call.topic_keys(&k);
-                    let verify = item.verify || fresh.contains(&item.topic);
-                    let duties = match (verify, item.renew) {
-                        (true, true) => "vr",
-                        (true, false) => "v",
-                        (false, true) => "r",
-                        (false, false) => "",
-                    };
-                    call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel).arg(item.held);
-                    call.arg(item.connections.map_or(String::new(), |n| n.to_string())).arg(duties);
-                }
-                call
-            })
-            .await
-            .inspect_err(|_| keep_fresh())?;
-        let mut reports: Vec<Option<TickReport>> = vec![None; topics.len()];
-        for (batch, reply) in batches.iter().zip(replies) {
-            let reply = scripts::TickReply::from_redis_value(reply)
-                .map_err(|e| BackendError::protocol("tick", e.to_string()))?;
-            if reply.reports.len() != batch.len() {
-                let reason = format!("{} reports for {} topics", reply.reports.len(), batch.len());
-                return Err(BackendError::protocol("tick", reason));
-            }
-            if batch[0] == 0 {
-                self.note_skew(reply.redis_now, local_now);
-            }
-            for (&i, report) in batch.iter().zip(reply.reports) {
-                reports[i] = Some(report);
+        let all: Vec<usize> = (0..topics.len()).collect();
+        let mut reports = self.tick_round(topics, &all, ttl, &fresh, false).await.inspect_err(|_| keep_fresh())?;
+        // Quick topics whose hold is gone or that have an expired hold to
+        // sweep, ticked in full right away.
+        let again: Vec<usize> = all.into_iter().filter(|&i| reports[i].is_none()).collect();
+        if !again.is_empty() {
+            let full = self.tick_round(topics, &again, ttl, &fresh, true).await.inspect_err(|_| keep_fresh())?;
+            for i in again {
+                reports[i] = full[i].clone();
             }
         }
-        Ok(reports.into_iter().map(|r| r.expect("every topic is in one batch")).collect())
+        reports
+            .into_iter()
+            .map(|r| r.ok_or_else(|| BackendError::protocol("tick", "a full tick came back quick")))
+            .collect()
     }
 
     async fn clear(&self) -> Result<(), BackendError> {

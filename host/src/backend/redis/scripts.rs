@@ -193,10 +193,10 @@ impl FromRedisValue for LeaveReply {
 }
 
 /// Reply of tick.lua: Redis's clock (ms) when it ran, and one report per
-/// topic of the batch, in order.
+/// topic of the batch, in order (`None`: tick this topic again in full).
 pub struct TickReply {
     pub redis_now: u64,
-    pub reports: Vec<super::TickReport>,
+    pub reports: Vec<Option<super::TickReport>>,
 }
 
 impl FromRedisValue for TickReply {
@@ -207,8 +207,9 @@ impl FromRedisValue for TickReply {
         let mut reports = Vec::with_capacity(marks.len());
         for mark in marks.bytes() {
             reports.push(match mark {
-                b'a' => super::TickReport { outcome: crate::backend::TickOutcome::Alive, latest: None },
-                b'd' => tick_report(items.next().ok_or("fewer tick details than marks")?)?,
+                b'a' => Some(super::TickReport { outcome: crate::backend::TickOutcome::Alive, latest: None }),
+                b'f' => None,
+                b'd' => Some(tick_report(items.next().ok_or("fewer tick details than marks")?)?),
                 other => return Err(format!("unknown tick mark {:?}", other as char).into()),
             });
         }

@@ -5,17 +5,27 @@
 -- topics so Redis pays the call and the clock read once per batch, and a
 -- steady tick costs two commands per topic (ZADD, ZRANGEBYSCORE).
 --
--- KEYS: 7 per topic, each topic's in the order of the prelude (1 users, 2 refs,
+-- A topic comes in one of two forms:
+--   quick: only its `inst` key is declared. Its hold is refreshed and its
+--          holds checked for expiry; if the hold is gone or another expired,
+--          the reply asks for a full tick of the topic (mark 'f'), which the
+--          backend sends at once, in the same heartbeat. Most topics on most
+--          ticks, and one key instead of seven is most of what they cost.
+--   full:   all seven keys. Everything below, sweep included. A topic is full
+--          when it has duties or a connection count to report.
+--
+-- KEYS: per topic, quick: 1 inst; full: the prelude's seven (1 users, 2 refs,
 --       3 inst, 4 holds, 5 seq, 6 epoch, 7 conns)
 -- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms), then 5 per topic:
---       epoch this instance knows ('' = none), channel, how many users this
---       instance believes it holds there (0: it only observes), its
---       connections there when changed since its last report ('' =
---       unchanged), duties ('' or any of: 'v' verify, 'r' renew the backstop)
--- Reply: {redis now (ms), marks, details...}: `marks` has one byte per topic,
---   'a' when it is alive and there is nothing more to say (most ticks), else
---   'd' and its {status, epoch or ''[, seq, members]} is the next detail.
---   (A string of marks costs Redis far less than a reply item per topic.)
+--       epoch this instance knows ('' = none), channel ('' when quick), how
+--       many users this instance believes it holds there (0: it only
+--       observes), its connections there when changed since its last report
+--       ('' = unchanged), duties ('' = quick, or any of: 'v' verify, 'r' renew
+--       the backstop, 's' sweep)
+-- Reply: {redis now (ms), marks, details...}: `marks` has one byte per topic:
+--   'a' alive with nothing more to say (most ticks), 'f' tick it again in
+--   full, or 'd' and its {status, epoch or ''[, seq, members]} is the next
+--   detail. (A string of marks costs Redis far less than an item per topic.)
 --   alive:   hold refreshed, or nothing to refresh.
 --   lost:    some or all of the holds are gone (Redis lost its data, or this
 --            instance was cut off longer than ttl and swept) and no clear()
@@ -38,7 +48,19 @@ local now = redis_now()
 -- Formatted once: a Lua number given to redis.call is formatted on each call.
 local now_text, expiry = string.format('%d', now), string.format('%d', now + ttl)
 
--- The topic whose keys start at KEYS[b + 1] and arguments at ARGV[a + 1].
+-- A quick topic, whose only key is KEYS[b + 1]: 'f' when it needs a full
+-- tick ("crash expiry": its sweep is in this heartbeat all the same).
+local function quick_tick(b, a)
+  local inst = KEYS[b + 1]
+  if tonumber(ARGV[a + 3]) > 0 and redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 0
+      and not redis.call('ZSCORE', inst, instance) then
+    return 'f'
+  end
+  if redis.call('ZRANGEBYSCORE', inst, '-inf', now_text, 'LIMIT', 0, 1)[1] then return 'f' end
+  return 'a'
+end
+
+-- A full topic, whose keys start at KEYS[b + 1].
 local function tick_topic(b, a)
   local users, refs, inst, holds, seq_key, epoch_key, conns = unpack(KEYS, b + 1, b + 7)
   local known_epoch, channel, believed, connections, duties = unpack(ARGV, a + 1, a + 5)
@@ -85,17 +107,27 @@ local function tick_topic(b, a)
   return {status, epoch or '', seq, redis.call('HLEN', users)}
 end
 
-local marks, details = {}, {}
-for t = 0, #KEYS / 7 - 1 do
-  local ok, detail = pcall(tick_topic, t * 7, 3 + t * 5)
+local marks, details, b = {}, {}, 0
+for t = 1, (#ARGV - 3) / 5 do
+  local a = 3 + (t - 1) * 5
+  local ok, detail
+  if ARGV[a + 5] == '' and ARGV[a + 4] == '' then
+    ok, detail = pcall(quick_tick, b, a)
+    b = b + 1
+  else
+    ok, detail = pcall(tick_topic, b, a)
+    b = b + 7
+  end
   if not ok then
     detail = {'error', type(detail) == 'table' and tostring(detail.err) or tostring(detail)}
   end
-  if detail then
-    marks[t + 1] = 'd'
+  if type(detail) == 'string' then
+    marks[t] = detail
+  elseif detail then
+    marks[t] = 'd'
     details[#details + 1] = detail
   else
-    marks[t + 1] = 'a'
+    marks[t] = 'a'
   end
 end
 return {now, table.concat(marks), unpack(details)}
