@@ -16,7 +16,10 @@
 //! subscriber, while [`Hub::run_diffs`] runs.
 
 mod current;
+mod frame;
 mod outbox;
+
+pub use frame::Frame;
 
 pub use outbox::Outbox;
 
@@ -28,9 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
-
-/// One outgoing text frame, shared by every receiver of a broadcast.
-pub type Frame = Arc<str>;
 
 /// The ready [`crate::Platform`]: connections with byte-bounded send queues,
 /// their user data, and topic subscriptions.
@@ -257,15 +257,9 @@ impl Hub {
 }
 
 /// `{"topic":…,"event":"list","data":[…]}`, as `Envelope::to_json` writes it.
-fn legacy_list_frame(presence_topic: &str, members_json: &str) -> String {
+fn legacy_list_frame(presence_topic: &str, members_json: &str) -> Frame {
     let topic = serde_json::to_string(presence_topic).expect("strings serialise");
-    let mut frame = String::with_capacity(members_json.len() + topic.len() + 32);
-    frame.push_str(r#"{"topic":"#);
-    frame.push_str(&topic);
-    frame.push_str(r#","event":"list","data":"#);
-    frame.push_str(members_json);
-    frame.push('}');
-    frame
+    frame::joined(&[r#"{"topic":"#, &topic, r#","event":"list","data":"#, members_json, "}"])
 }
 
 impl Platform for Hub {
@@ -302,9 +296,9 @@ impl Platform for Hub {
         let mut state = self.lock();
         let frame: Frame = if state.is_current(conn) {
             let seq = state.seqs.get(&presence).copied().unwrap_or(0);
-            current::state_frame(&presence, members, seq).into()
+            current::state_frame(&presence, members, seq)
         } else {
-            legacy_list_frame(&presence, members.list_json()).into()
+            legacy_list_frame(&presence, members.list_json())
         };
         self.count_delivery(&mut state, conn, &frame);
     }
@@ -321,13 +315,13 @@ impl Platform for Hub {
         if !current.is_empty() {
             state.diffs.remove(&presence);
             let seq = state.next_seq(&presence);
-            let frame: Frame = current::state_frame(&presence, members, seq).into();
+            let frame: Frame = current::state_frame(&presence, members, seq);
             for conn in current {
                 self.count_delivery(&mut state, conn, &frame);
             }
         }
         if !legacy.is_empty() {
-            let frame: Frame = legacy_list_frame(&presence, members.list_json()).into();
+            let frame: Frame = legacy_list_frame(&presence, members.list_json());
             for conn in legacy {
                 self.count_delivery(&mut state, conn, &frame);
             }
@@ -400,7 +394,7 @@ mod tests {
     fn a_list_frame_is_the_envelope_it_replaces() {
         let members = r#"[{"key":"a","data":{"n":"x\"y"}}]"#;
         let envelope = Envelope::list("t \"q\"", members.to_owned());
-        assert_eq!(legacy_list_frame(&presence_topic("t \"q\""), members), envelope.to_json());
+        assert_eq!(&*legacy_list_frame(&presence_topic("t \"q\""), members), envelope.to_json());
     }
 
     /// A topic's bookkeeping goes with its last subscriber.
