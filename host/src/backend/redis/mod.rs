@@ -309,17 +309,17 @@ impl RedisBackend {
                     let item = &topics[i];
                     let k = self.keys(&item.topic);
                     let verify = item.verify || fresh.contains(&item.topic);
-                    let duties = [(verify, 'v'), (item.renew, 'r'), (full, 's')]
+                    let duties = [(verify, 'v'), (item.renew, 'r'), (full, 's'), (item.connections.is_some(), 'c')]
                         .into_iter()
                         .filter_map(|(due, duty)| due.then_some(duty))
                         .collect::<String>();
-                    let connections = item.connections.map_or(String::new(), |n| n.to_string());
-                    let quick = duties.is_empty() && connections.is_empty();
-                    match quick {
-                        true => call.key(&k.inst).arg(item.epoch.as_deref().unwrap_or("")).arg(""),
-                        false => call.topic_keys(&k).arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel),
-                    };
-                    call.arg(item.held).arg(connections).arg(duties);
+                    if duties.is_empty() {
+                        call.key(&k.inst).arg(item.held).arg("");
+                    } else {
+                        call.topic_keys(&k).arg(item.held).arg(duties);
+                        call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel);
+                        call.arg(item.connections.map_or(String::new(), |n| n.to_string()));
+                    }
                 }
                 call
             })

@@ -12,16 +12,16 @@
 --          backend sends at once, in the same heartbeat. Most topics on most
 --          ticks, and one key instead of seven is most of what they cost.
 --   full:   all seven keys. Everything below, sweep included. A topic is full
---          when it has duties or a connection count to report.
+--          when it has duties (a connection count to report is one).
 --
 -- KEYS: per topic, quick: 1 inst; full: the prelude's seven (1 users, 2 refs,
 --       3 inst, 4 holds, 5 seq, 6 epoch, 7 conns)
--- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms), then 5 per topic:
---       epoch this instance knows ('' = none), channel ('' when quick), how
---       many users this instance believes it holds there (0: it only
---       observes), its connections there when changed since its last report
---       ('' = unchanged), duties ('' = quick, or any of: 'v' verify, 'r' renew
---       the backstop, 's' sweep)
+-- ARGV: 1 instance id, 2 ttl (ms), 3 backstop (ms), then per topic: how many
+--       users this instance believes it holds there (0: it only observes),
+--       its duties ('' = quick, or any of: 'v' verify, 'r' renew the backstop,
+--       's' sweep, 'c' report connections), and for a full topic three more:
+--       the epoch this instance knows ('' = none), the channel, its
+--       connections there when changed since its last report ('' = unchanged)
 -- Reply: {redis now (ms), marks, details...}: `marks` has one byte per topic:
 --   'a' alive with nothing more to say (most ticks), 'f' tick it again in
 --   full, or 'd' and its {status, epoch or ''[, seq, members]} is the next
@@ -52,7 +52,7 @@ local now_text, expiry = string.format('%d', now), string.format('%d', now + ttl
 -- tick ("crash expiry": its sweep is in this heartbeat all the same).
 local function quick_tick(b, a)
   local inst = KEYS[b + 1]
-  if tonumber(ARGV[a + 3]) > 0 and redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 0
+  if tonumber(ARGV[a + 1]) > 0 and redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 0
       and not redis.call('ZSCORE', inst, instance) then
     return 'f'
   end
@@ -63,12 +63,9 @@ end
 -- A full topic, whose keys start at KEYS[b + 1].
 local function tick_topic(b, a)
   local users, refs, inst, holds, seq_key, epoch_key, conns = unpack(KEYS, b + 1, b + 7)
-  local known_epoch, channel, believed, connections, duties = unpack(ARGV, a + 1, a + 5)
+  local believed, duties, known_epoch, channel, connections = unpack(ARGV, a + 1, a + 5)
   believed = tonumber(believed)
-  local verify, renew = false, false
-  if duties ~= '' then
-    verify, renew = string.find(duties, 'v', 1, true), string.find(duties, 'r', 1, true)
-  end
+  local verify, renew = string.find(duties, 'v', 1, true), string.find(duties, 'r', 1, true)
   local status, epoch = 'alive', nil
   if believed > 0 then
     if redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 0
@@ -107,27 +104,26 @@ local function tick_topic(b, a)
   return {status, epoch or '', seq, redis.call('HLEN', users)}
 end
 
-local marks, details, b = {}, {}, 0
-for t = 1, (#ARGV - 3) / 5 do
-  local a = 3 + (t - 1) * 5
+local marks, details, b, a = {}, {}, 0, 3
+while a < #ARGV do
   local ok, detail
-  if ARGV[a + 5] == '' and ARGV[a + 4] == '' then
+  if ARGV[a + 2] == '' then
     ok, detail = pcall(quick_tick, b, a)
-    b = b + 1
+    b, a = b + 1, a + 2
   else
     ok, detail = pcall(tick_topic, b, a)
-    b = b + 7
+    b, a = b + 7, a + 5
   end
   if not ok then
     detail = {'error', type(detail) == 'table' and tostring(detail.err) or tostring(detail)}
   end
   if type(detail) == 'string' then
-    marks[t] = detail
+    marks[#marks + 1] = detail
   elseif detail then
-    marks[t] = 'd'
+    marks[#marks + 1] = 'd'
     details[#details + 1] = detail
   else
-    marks[t] = 'a'
+    marks[#marks + 1] = 'a'
   end
 end
 return {now, table.concat(marks), unpack(details)}
