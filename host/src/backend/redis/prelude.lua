@@ -21,8 +21,9 @@
 --
 -- Every key a script touches is one of its KEYS (no name is built here from
 -- a prefix), so a cluster routes it and all of them share one slot. Every
--- script is called with the same KEYS: 1 users, 2 refs, 3 inst, 4 holds,
--- 5 seq, 6 epoch, 7 conns.
+-- script is called with the same KEYS per topic: 1 users, 2 refs, 3 inst,
+-- 4 holds, 5 seq, 6 epoch, 7 conns (tick.lua takes many topics, and only
+-- `inst` for a topic in its quick form).
 
 -- Milliseconds on Redis's own clock ("one clock"): every expiry is stamped and
 -- compared with it, so instances' clocks never matter.
