@@ -62,7 +62,7 @@ impl Diff {
     }
 
     /// The whole `presence_diff` frame for `presence_topic` (`__presence:T`).
-    pub fn frame(&self, presence_topic: &str, seq: u64) -> String {
+    pub fn frame(&self, presence_topic: &str, seq: u64) -> super::Frame {
         event_frame(presence_topic, "presence_diff", &self.data_json(), seq)
     }
 }
@@ -80,20 +80,18 @@ fn push_map<'a>(json: &mut String, entries: impl Iterator<Item = (&'a String, &'
     json.push('}');
 }
 
-/// `{"topic":…,"event":…,"data":…,"seq":…}` with `data` already JSON.
-pub(super) fn event_frame(topic: &str, event: &str, data: &str, seq: u64) -> String {
-    format!(
-        r#"{{"topic":{},"event":"{event}","data":{data},"seq":{seq}}}"#,
-        serde_json::to_string(topic).expect("strings serialise")
-    )
+/// `{"topic":…,"event":…,"data":…,"seq":…}` with `data` already JSON,
+/// copied once (it can be a whole topic's members).
+pub(super) fn event_frame(topic: &str, event: &str, data: &str, seq: u64) -> super::Frame {
+    let topic = serde_json::to_string(topic).expect("strings serialise");
+    let (head, tail) = (format!(r#"{{"topic":{topic},"event":"{event}","data":"#), format!(r#","seq":{seq}}}"#));
+    super::frame::joined(&[&head, data, &tail])
 }
 
 /// A topic's members as a `presence_state` frame (`{key: data}`, built by
-/// the engine once per change), as `event_frame` writes it, with one copy.
+/// the engine once per change).
 pub(super) fn state_frame(presence_topic: &str, members: &crate::engine::Members<'_>, seq: u64) -> super::Frame {
-    let topic = serde_json::to_string(presence_topic).expect("strings serialise");
-    let tail = format!(r#","seq":{seq}}}"#);
-    super::frame::joined(&[r#"{"topic":"#, &topic, r#","event":"presence_state","data":"#, members.map_json(), &tail])
+    event_frame(presence_topic, "presence_state", members.map_json(), seq)
 }
 
 /// Several event frames of one flush as one `{"type":"batch","events":[…]}`.
@@ -118,12 +116,14 @@ mod tests {
         RawValue::from_string(value.to_string()).unwrap()
     }
 
-    /// The state fast path writes exactly what the generic event path writes.
+    /// A state frame is an event frame whose data is the members' map.
     #[test]
     fn a_state_frame_is_the_event_frame_it_replaces() {
         let topic = "__presence:t \"q\"";
         let members = crate::engine::Members::none();
-        assert_eq!(&*state_frame(topic, &members, 7), event_frame(topic, "presence_state", members.map_json(), 7));
+        assert_eq!(state_frame(topic, &members, 7), event_frame(topic, "presence_state", members.map_json(), 7));
+        let frame: serde_json::Value = serde_json::from_str(&state_frame(topic, &members, 7)).unwrap();
+        assert_eq!(frame, json!({"topic": topic, "event": "presence_state", "data": {}, "seq": 7}));
     }
 
     /// The latest change per key wins; a key is never in both halves; a data

@@ -16,10 +16,7 @@ pub(super) fn joined(parts: &[&str]) -> Frame {
     let slots = Arc::get_mut(&mut bytes).expect("a new Arc has no other owner");
     let mut at = 0;
     for part in parts {
-        let dest = &mut slots[at..at + part.len()];
-        // SAFETY: `dest` is exactly `part.len()` writable bytes of our own,
-        // unaliased allocation; `MaybeUninit<u8>` has the layout of `u8`.
-        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dest.as_mut_ptr().cast::<u8>(), part.len()) };
+        slots[at..at + part.len()].write_copy_of_slice(part.as_bytes());
         at += part.len();
     }
     debug_assert_eq!(at, len);

@@ -185,7 +185,7 @@ impl Hub {
                 continue;
             }
             let seq = state.next_seq(&topic);
-            let frame: Frame = diff.frame(&topic, seq).into();
+            let frame = diff.frame(&topic, seq);
             for conn in members {
                 outgoing.entry(conn).or_default().push(frame.clone());
             }
@@ -315,13 +315,13 @@ impl Platform for Hub {
         if !current.is_empty() {
             state.diffs.remove(&presence);
             let seq = state.next_seq(&presence);
-            let frame: Frame = current::state_frame(&presence, members, seq);
+            let frame = current::state_frame(&presence, members, seq);
             for conn in current {
                 self.count_delivery(&mut state, conn, &frame);
             }
         }
         if !legacy.is_empty() {
-            let frame: Frame = legacy_list_frame(&presence, members.list_json());
+            let frame = legacy_list_frame(&presence, members.list_json());
             for conn in legacy {
                 self.count_delivery(&mut state, conn, &frame);
             }
