@@ -622,9 +622,9 @@ impl Backend for RedisBackend {
         // sweep, ticked in full right away.
         let again: Vec<usize> = all.into_iter().filter(|&i| reports[i].is_none()).collect();
         if !again.is_empty() {
-            let full = self.tick_round(topics, &again, ttl, &fresh, true).await.inspect_err(|_| keep_fresh())?;
+            let mut full = self.tick_round(topics, &again, ttl, &fresh, true).await.inspect_err(|_| keep_fresh())?;
             for i in again {
-                reports[i] = full[i].clone();
+                reports[i] = full[i].take();
             }
         }
         reports

@@ -77,10 +77,9 @@ end
 -- whose last holder that was leaves, with exactly one `leave` published —
 -- the script is atomic, so concurrent sweepers cannot both see the same hold.
 -- The leave is attributed to the dead instance, so the sweeper also receives it.
--- Returns how many users left. `now_text`: `now` already formatted, from a
--- caller that sweeps many topics.
-local function sweep(users, refs, inst, holds, seq, conns, channel, now, now_text)
-  local dead = redis.call('ZRANGEBYSCORE', inst, '-inf', now_text or now)
+-- Returns how many users left.
+local function sweep(users, refs, inst, holds, seq, conns, channel, now)
+  local dead = redis.call('ZRANGEBYSCORE', inst, '-inf', now)
   local left = 0
   for _, instance in ipairs(dead) do
     local from, to = holds_range(instance)

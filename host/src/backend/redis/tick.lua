@@ -48,14 +48,18 @@ local now = redis_now()
 -- Formatted once: a Lua number given to redis.call is formatted on each call.
 local now_text, expiry = string.format('%d', now), string.format('%d', now + ttl)
 
+-- Refresh this instance's hold where it believes it holds users: false when
+-- the hold is gone (XX: never re-created here).
+local function refreshed(inst, believed)
+  return believed == 0 or redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 1
+      or redis.call('ZSCORE', inst, instance) ~= false
+end
+
 -- A quick topic, whose only key is KEYS[b + 1]: 'f' when it needs a full
 -- tick ("crash expiry": its sweep is in this heartbeat all the same).
 local function quick_tick(b, a)
   local inst = KEYS[b + 1]
-  if tonumber(ARGV[a + 1]) > 0 and redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 0
-      and not redis.call('ZSCORE', inst, instance) then
-    return 'f'
-  end
+  if not refreshed(inst, tonumber(ARGV[a + 1])) then return 'f' end
   if redis.call('ZRANGEBYSCORE', inst, '-inf', now_text, 'LIMIT', 0, 1)[1] then return 'f' end
   return 'a'
 end
@@ -67,14 +71,11 @@ local function tick_topic(b, a)
   believed = tonumber(believed)
   local verify, renew = string.find(duties, 'v', 1, true), string.find(duties, 'r', 1, true)
   local status, epoch = 'alive', nil
-  if believed > 0 then
-    if redis.call('ZADD', inst, 'XX', 'CH', expiry, instance) == 0
-        and not redis.call('ZSCORE', inst, instance) then
-      epoch = redis.call('GET', epoch_key)
-      status = (epoch and epoch ~= known_epoch) and 'cleared' or 'lost'
-    elseif verify and redis.call('ZLEXCOUNT', holds, holds_range(instance)) < believed then
-      status = 'lost'
-    end
+  if not refreshed(inst, believed) then
+    epoch = redis.call('GET', epoch_key)
+    status = (epoch and epoch ~= known_epoch) and 'cleared' or 'lost'
+  elseif verify and redis.call('ZLEXCOUNT', holds, holds_range(instance)) < believed then
+    status = 'lost'
   end
   local seq
   if verify and status ~= 'cleared' then
@@ -99,7 +100,7 @@ local function tick_topic(b, a)
     end
   end
 
-  sweep(users, refs, inst, holds, seq_key, conns, channel, now, now_text)
+  sweep(users, refs, inst, holds, seq_key, conns, channel, now)
   if not verify then return (status ~= 'alive' or epoch) and {status, epoch or ''} or nil end
   return {status, epoch or '', seq, redis.call('HLEN', users)}
 end
