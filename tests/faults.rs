@@ -202,32 +202,21 @@ async fn storm_of_tabs_on_two_instances_is_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
     let server = RedisServer::start();
-    let options =
-        presence::Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..fast_options() };
-    let a = Instance::start(&Store::redis(&server), options).await;
+    let a = Instance::start(&Store::redis(&server), manual_ticks()).await;
     let clients: Vec<_> = (0..300).map(|i| a.connect(json!({"id": format!("u{i}")}))).collect();
     for (i, c) in clients.iter().enumerate() {
         a.presence.join(c.id, if i < 299 { "big" } else { "small" }).await.unwrap();
     }
     let mut con = server.connection();
-    // (EVALSHA calls, every command but INFO's), inside scripts included.
-    let calls = |con: &mut redis::Connection| -> (u64, u64) {
-        let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-        let calls_of =
-            |line: &str| -> u64 { line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap() };
-        let lines = || info.lines().filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"));
-        let evalsha = lines().find(|l| l.starts_with("cmdstat_evalsha:")).map_or(0, calls_of);
-        (evalsha, lines().map(calls_of).sum())
-    };
     a.presence.tick().await;
     for _ in 0..16 {
-        let (evalsha, commands) = calls(&mut con);
+        let before = command_stats::read(&mut con);
         a.presence.tick().await;
-        let (evalsha_after, commands_after) = calls(&mut con);
-        assert_eq!(evalsha_after - evalsha, 1, "one tick call for both topics, not one per user");
+        let after = command_stats::read(&mut con);
+        assert_eq!(after.evalsha - before.evalsha, 1, "one tick call for both topics, not one per user");
         // The call and TIME, then per topic: refresh and sweep, and at most a
         // verify (3) and a backstop renewal (7) — never anything per user.
-        assert!(commands_after - commands <= 2 + 2 * (2 + 3 + 7), "{} commands", commands_after - commands);
+        assert!(after.total - before.total <= 2 + 2 * (2 + 3 + 7), "{} commands", after.total - before.total);
     }
 
     let observer = a.connect(json!({"id": "o"}));
@@ -256,9 +245,7 @@ async fn heartbeat_cost_is_per_topic_and_channels_are_released() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_held_topics_have_their_backstop_renewed() {
     let server = RedisServer::start();
-    let options =
-        presence::Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..fast_options() };
-    let a = Instance::start(&Store::redis(&server), options).await;
+    let a = Instance::start(&Store::redis(&server), manual_ticks()).await;
     let ada = a.connect(json!({"id": "ada"}));
     let topics: Vec<String> = (0..20).map(|i| format!("quiet-{i}")).collect();
     for topic in &topics {

@@ -6,7 +6,7 @@
 //! Each test failed before the fix it guards.
 
 use presence::engine::{Envelope, Platform};
-use presence::{ConnId, Error, Hub, Options, Presence};
+use presence::{ConnId, Error, Hub, Presence};
 use presence_tests::slow::SlowLeaves;
 use presence_tests::*;
 use serde_json::{json, Value};
@@ -14,19 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Options whose heartbeat never fires by itself: the test runs each tick.
-fn manual_ticks() -> Options {
-    Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() }
-}
-
 fn flushall(server: &RedisServer) {
     let _: () = redis::cmd("FLUSHALL").query(&mut server.connection()).unwrap();
 }
 
 fn evalsha_calls(server: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut server.connection()).unwrap();
-    let line = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("calls=0,");
-    line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+    command_stats::read(&mut server.connection()).evalsha
 }
 
 /// Redis loses its data and a new user joins before the next heartbeat: the

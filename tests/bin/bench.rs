@@ -30,7 +30,7 @@
 use futures::StreamExt;
 use presence::backend::redis::{RedisBackend, RedisOptions};
 use presence::{Hub, Options, Presence};
-use presence_tests::RedisServer;
+use presence_tests::{command_stats, manual_ticks, RedisServer};
 use serde_json::json;
 use std::process::Command;
 use std::sync::Arc;
@@ -108,23 +108,6 @@ pub fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-fn command_stats(con: &mut redis::Connection) -> (u64, u64) {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-    let mut evalsha = 0;
-    let mut total = 0;
-    for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
-        let calls: u64 = line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
-        if line.starts_with("cmdstat_info:") || line.starts_with("cmdstat_config") {
-            continue;
-        }
-        if line.starts_with("cmdstat_evalsha:") {
-            evalsha = calls;
-        }
-        total += calls;
-    }
-    (evalsha, total)
-}
-
 /// Run `op` for every connection, `concurrency` at a time, with Redis's
 /// command statistics reset first: (operations/s, EVALSHA calls, all commands).
 async fn measured_phase<F, Fut>(
@@ -137,33 +120,18 @@ where
     F: Fn(usize, presence::ConnId) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    reset_stats(con);
+    command_stats::reset(con);
     let started = Instant::now();
     futures::stream::iter(ids.iter().enumerate()).for_each_concurrent(concurrency, |(i, id)| op(i, *id)).await;
     let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
-    let (evalsha, commands) = command_stats(con);
-    (rate, evalsha, commands)
-}
-
-/// Microseconds Redis spent in EVALSHA (scripts included) since the last reset.
-fn evalsha_usec(con: &mut redis::Connection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
-        .and_then(|l| l.split("usec=").nth(1))
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    let stats = command_stats::read(con);
+    (rate, stats.evalsha, stats.total)
 }
 
 fn redis_version() -> String {
     let output = Command::new("redis-server").arg("--version").output().expect("redis-server");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.split_whitespace().find_map(|w| w.strip_prefix("v=")).unwrap_or("?").to_owned()
-}
-
-fn reset_stats(con: &mut redis::Connection) {
-    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(con).unwrap();
 }
 
 async fn start_engine(url: &str, options: Options) -> (Presence, Arc<Hub>) {
@@ -204,8 +172,7 @@ async fn engine(args: &Args) {
     println!("\n### Engine (Redis {})\n", redis_version());
     let server = RedisServer::start();
     let mut con = server.connection();
-    let options =
-        Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() };
+    let options = manual_ticks();
     let (presence, hub) = start_engine(&server.url(), options.clone()).await;
     let conns: Vec<_> =
         (0..args.users).map(|i| hub.connect(json!({"id": format!("user-{i}"), "name": "bench"}), 1 << 20)).collect();
@@ -247,14 +214,13 @@ async fn engine(args: &Args) {
     ticker.tick().await; // warm (and verifies the topics the joins created)
     const TICKS: usize = 16;
     let mut ticks = Vec::new();
-    reset_stats(&mut con);
+    command_stats::reset(&mut con);
     for _ in 0..TICKS {
         let started = Instant::now();
         ticker.tick().await;
         ticks.push(started.elapsed());
     }
-    let (tick_evalsha, tick_commands) = command_stats(&mut con);
-    let tick_usec = evalsha_usec(&mut con);
+    let tick_stats = command_stats::read(&mut con);
     ticks.sort();
 
     let per = |n: u64| n as f64 / args.users as f64;
@@ -278,9 +244,15 @@ async fn engine(args: &Args) {
         "| heartbeat tick, 10,000 users in 1,000 topics (median of {TICKS}) | {:.1} ms |",
         ticks[TICKS / 2].as_secs_f64() * 1e3
     );
-    println!("| script calls per tick | {:.0} |", per_tick(tick_evalsha));
-    println!("| Redis commands per topic per tick (incl. inside scripts) | {:.2} |", per_tick(tick_commands) / 1000.0);
-    println!("| Redis time per tick (`INFO commandstats` usec of EVALSHA) | {:.2} ms |", per_tick(tick_usec) / 1e3);
+    println!("| script calls per tick | {:.0} |", per_tick(tick_stats.evalsha));
+    println!(
+        "| Redis commands per topic per tick (incl. inside scripts) | {:.2} |",
+        per_tick(tick_stats.total) / 1000.0
+    );
+    println!(
+        "| Redis time per tick (`INFO commandstats` usec of EVALSHA) | {:.2} ms |",
+        per_tick(tick_stats.evalsha_usec) / 1e3
+    );
 }
 
 /// Joins/s into rooms of each size (`args.users` joins spread over
@@ -292,12 +264,7 @@ async fn room_sizes(args: &Args) {
     println!("|---|---|---|---|");
     let server = RedisServer::start();
     for size in [20, 200, 2_000, 10_000] {
-        let options = Options {
-            heartbeat: Duration::from_secs(3600),
-            ttl: Duration::from_secs(7200),
-            max_members_per_topic: 0,
-            ..Options::default()
-        };
+        let options = Options { max_members_per_topic: 0, ..manual_ticks() };
         let (presence, hub) = start_engine(&server.url(), options).await;
         let topics = (args.users / size).max(1);
         let topic_of = |i: usize| format!("room-{size}-{}", i % topics);

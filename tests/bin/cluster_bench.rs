@@ -5,7 +5,7 @@
 
 use futures::StreamExt;
 use presence::Options;
-use presence_tests::{RedisCluster, RedisServer};
+use presence_tests::{manual_ticks, RedisCluster, RedisServer};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,7 @@ pub async fn run(users: usize, topics: usize, concurrency: usize) {
 
 /// Joins/s with every topic observed first, then a tick's wall time.
 async fn throughput(url: &str, users: usize, topics: usize, concurrency: usize) -> (f64, Duration) {
-    let options =
-        Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() };
-    let (presence, hub) = super::start_engine(url, options).await;
+    let (presence, hub) = super::start_engine(url, manual_ticks()).await;
     let topic_of = |i: usize| format!("topic-{}", i % topics);
     let observers: Vec<_> = (0..topics).map(|_| hub.connect(json!({"id": "observer"}), 64 << 20)).collect();
     for (t, (observer, _)) in observers.iter().enumerate() {

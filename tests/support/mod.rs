@@ -2,6 +2,7 @@
 //! engine instances on either backend, and recording clients that wait for
 //! envelopes with deadlines instead of sleeping.
 
+pub mod command_stats;
 pub mod guests;
 pub mod model;
 pub mod poll;
@@ -27,6 +28,12 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// Options with a fast heartbeat, for tests.
 pub fn fast_options() -> Options {
     Options { heartbeat: Duration::from_millis(100), ttl: Duration::from_millis(600), ..Options::default() }
+}
+
+/// Options whose heartbeat never fires by itself: the test (or benchmark)
+/// runs each tick with `Presence::tick`.
+pub fn manual_ticks() -> Options {
+    Options { heartbeat: Duration::from_secs(3600), ttl: Duration::from_secs(7200), ..Options::default() }
 }
 
 /// Where an engine keeps its state in a test.
