@@ -47,11 +47,7 @@ impl Presenced {
 
     /// CPU seconds (user + system) the process has used so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the command name: utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0 // USER_HZ
+        cpu_seconds(self.child.id())
     }
 
     pub fn pid(&self) -> u32 {
@@ -76,6 +72,29 @@ impl Drop for Presenced {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ
+}
+
+/// The processes of one run whose CPU the timed phase splits between.
+struct Processes<'a> {
+    servers: [&'a Presenced; 2],
+    redis: u32,
+}
+
+impl Processes<'_> {
+    /// CPU seconds so far: this load generator, both servers, Redis.
+    fn cpu(&self) -> [f64; 3] {
+        let servers = self.servers.iter().map(|s| s.cpu_seconds()).sum();
+        [cpu_seconds(std::process::id()), servers, cpu_seconds(self.redis)]
     }
 }
 
@@ -149,9 +168,11 @@ pub(crate) async fn client(
 }
 
 /// Connect `n` clients of one generation (alternating instances), then have
-/// them all join (100 per topic); returns them and joins/s from the first
-/// subscribe until every client had its list (or state).
-async fn crowd(ports: [u16; 2], n: usize, tag: &str, current: bool) -> (Vec<Client>, f64) {
+/// them all join (100 per topic); returns them, joins/s from the first
+/// subscribe until every client had its list (or state), and the CPU each
+/// process spent per join in that window (µs: load generator, servers, Redis).
+async fn crowd(processes: &Processes<'_>, n: usize, tag: &str, current: bool) -> (Vec<Client>, f64, [f64; 3]) {
+    let ports = processes.servers.map(|s| s.port);
     let mut pending = Vec::with_capacity(n);
     let mut clients = Vec::with_capacity(n);
     let mut connecting = futures::stream::iter(0..n)
@@ -164,6 +185,7 @@ async fn crowd(ports: [u16; 2], n: usize, tag: &str, current: bool) -> (Vec<Clie
         clients.push(c);
         pending.push(rx);
     }
+    let cpu_before = processes.cpu();
     let started = Instant::now();
     for (i, c) in clients.iter().enumerate() {
         let subscribe = json!({"type": "subscribe", "topic": format!("{tag}-topic-{}", i / 100)}).to_string();
@@ -172,7 +194,10 @@ async fn crowd(ports: [u16; 2], n: usize, tag: &str, current: bool) -> (Vec<Clie
     for rx in pending {
         rx.await.expect("list received");
     }
-    (clients, n as f64 / started.elapsed().as_secs_f64())
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu_after = processes.cpu();
+    let per_join = std::array::from_fn(|i| (cpu_after[i] - cpu_before[i]) * 1e6 / n as f64);
+    (clients, rate, per_join)
 }
 
 /// join → `join` latency, seen by an observer on the other instance.
@@ -218,21 +243,23 @@ struct Generation {
     crowd: Vec<Client>,
     joins_per_second: f64,
     frames_per_join: f64,
-    /// CPU both servers spent per join (µs), subscribe to state.
+    /// CPU both servers spent per join (µs), connect to state.
     server_cpu_per_join: f64,
+    /// CPU per join (µs) from the first subscribe to the last state: load
+    /// generator, both servers, Redis.
+    timed_cpu_per_join: [f64; 3],
 }
 
-async fn generation(servers: [&Presenced; 2], n: usize, tag: &str, current: bool) -> Generation {
-    let ports = [servers[0].port, servers[1].port];
+async fn generation(processes: &Processes<'_>, n: usize, tag: &str, current: bool) -> Generation {
+    let ports = processes.servers.map(|s| s.port);
     let before = frames_sent(ports).await;
-    let cpu = || servers.iter().map(|s| s.cpu_seconds()).sum::<f64>();
-    let cpu_before = cpu();
-    let (crowd, joins_per_second) = crowd(ports, n, tag, current).await;
-    let server_cpu_per_join = (cpu() - cpu_before) * 1e6 / n as f64;
+    let cpu_before = processes.cpu()[1];
+    let (crowd, joins_per_second, timed_cpu_per_join) = crowd(processes, n, tag, current).await;
+    let server_cpu_per_join = (processes.cpu()[1] - cpu_before) * 1e6 / n as f64;
     // Let the last coalesced diffs go out before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let frames_per_join = (frames_sent(ports).await - before) as f64 / n as f64;
-    Generation { crowd, joins_per_second, frames_per_join, server_cpu_per_join }
+    Generation { crowd, joins_per_second, frames_per_join, server_cpu_per_join, timed_cpu_per_join }
 }
 
 /// The engine alone, in this process, on the same Redis: joins/s for `n` users.
@@ -261,6 +288,7 @@ pub async fn run() {
     let a = Presenced::start(&redis.url()).await;
     let b = Presenced::start(&redis.url()).await;
     let ports = [a.port, b.port];
+    let processes = Processes { servers: [&a, &b], redis: redis.pid() };
 
     // Memory per idle connection.
     let before = a.rss_kib();
@@ -281,15 +309,17 @@ pub async fn run() {
         ("joins/s, current clients (0.5), same path".into(), vec![]),
         ("frames sent per join, legacy / current".into(), vec![]),
         ("server CPU per join (both presenced), legacy / current".into(), vec![]),
+        ("CPU per join from first subscribe to last state (load generator + servers + Redis), legacy".into(), vec![]),
+        ("the same, current".into(), vec![]),
         ("joins/s, engine alone on the same Redis".into(), vec![]),
         ("current ÷ legacy joins/s; current ÷ engine alone".into(), vec![]),
     ];
     for n in [1_000, 10_000] {
-        let legacy = generation([&a, &b], n, &format!("l{n}-"), false).await;
+        let legacy = generation(&processes, n, &format!("l{n}-"), false).await;
         let (p50, p99) = join_latency(ports, 300).await;
         drop(legacy.crowd);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let current = generation([&a, &b], n, &format!("c{n}-"), true).await;
+        let current = generation(&processes, n, &format!("c{n}-"), true).await;
         drop(current.crowd);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let engine_rate = engine_joins(&redis.url(), n).await;
@@ -299,8 +329,11 @@ pub async fn run() {
         rows[2].1.push(format!("{current_rate:.0}"));
         rows[3].1.push(format!("{:.1} / {:.1}", legacy.frames_per_join, current.frames_per_join));
         rows[4].1.push(format!("{:.0} / {:.0} µs", legacy.server_cpu_per_join, current.server_cpu_per_join));
-        rows[5].1.push(format!("{engine_rate:.0}"));
-        rows[6].1.push(format!("{:.2}; {:.2}", current_rate / legacy_rate, current_rate / engine_rate));
+        for (row, [generator, servers, redis]) in [(5, legacy.timed_cpu_per_join), (6, current.timed_cpu_per_join)] {
+            rows[row].1.push(format!("{generator:.0} + {servers:.0} + {redis:.0} µs"));
+        }
+        rows[7].1.push(format!("{engine_rate:.0}"));
+        rows[8].1.push(format!("{:.2}; {:.2}", current_rate / legacy_rate, current_rate / engine_rate));
     }
     for (name, values) in rows {
         println!("| {name} | {} |", values.join(" | "));
