@@ -18,8 +18,11 @@
 //! cold and from the cache, and a join's cost with and without a plugin.
 //!
 //! server: two `presenced` processes on one Redis and WebSocket clients over
-//! loopback — memory per idle connection, join → `join` latency seen on the
-//! other instance with 1,000 and 10,000 clients, joins/s through the stack.
+//! loopback — memory per idle connection; for legacy and current clients side
+//! by side, joins into empty topics and into topics with 100 members already:
+//! joins/s through the stack against the engine alone, frames per join, CPU
+//! per join split between load generator, servers and Redis, and join →
+//! `join` latency seen on the other instance.
 //!
 //! cluster: joins/s and a tick on one Redis and on a three-master cluster in
 //! the same run, and the time from a master's SIGKILL to full presence.

@@ -167,28 +167,34 @@ pub(crate) async fn client(
     Client { outgoing, task }
 }
 
-/// Connect `n` clients of one generation (alternating instances), then have
-/// them all join (100 per topic); returns them, joins/s from the first
-/// subscribe until every client had its list (or state), and the CPU each
-/// process spent per join in that window (µs: load generator, servers, Redis).
-async fn crowd(processes: &Processes<'_>, n: usize, tag: &str, current: bool) -> (Vec<Client>, f64, [f64; 3]) {
-    let ports = processes.servers.map(|s| s.port);
-    let mut pending = Vec::with_capacity(n);
-    let mut clients = Vec::with_capacity(n);
-    let mut connecting = futures::stream::iter(0..n)
+/// `n` connected clients of one generation (alternating instances), each
+/// with the receiver that fires on its first `list` (or `presence_state`).
+async fn connect(ports: [u16; 2], n: usize, tag: &str, current: bool) -> Vec<(Client, oneshot::Receiver<()>)> {
+    futures::stream::iter(0..n)
         .map(|i| async move {
             let (tx, rx) = oneshot::channel();
             (client(ports[i % 2], &format!("{tag}{i}"), None, Some(tx), None, current).await, rx)
         })
-        .buffer_unordered(256);
-    while let Some((c, rx)) = connecting.next().await {
-        clients.push(c);
-        pending.push(rx);
-    }
+        .buffer_unordered(256)
+        .collect()
+        .await
+}
+
+/// Have the `i`th client join `{topics}-topic-{i / 100}`; returns the
+/// clients, joins/s from the first subscribe until every client had its list
+/// (or state), and the CPU each process spent per join in that window (µs:
+/// load generator, servers, Redis).
+async fn join_all(
+    processes: &Processes<'_>,
+    connected: Vec<(Client, oneshot::Receiver<()>)>,
+    topics: &str,
+) -> (Vec<Client>, f64, [f64; 3]) {
+    let n = connected.len();
+    let (clients, pending): (Vec<Client>, Vec<_>) = connected.into_iter().unzip();
     let cpu_before = processes.cpu();
     let started = Instant::now();
     for (i, c) in clients.iter().enumerate() {
-        let subscribe = json!({"type": "subscribe", "topic": format!("{tag}-topic-{}", i / 100)}).to_string();
+        let subscribe = json!({"type": "subscribe", "topic": format!("{topics}-topic-{}", i / 100)}).to_string();
         c.outgoing.send(Message::Text(subscribe.into())).unwrap();
     }
     for rx in pending {
@@ -238,8 +244,9 @@ async fn frames_sent(ports: [u16; 2]) -> u64 {
     total
 }
 
-/// One generation's crowd of `n`.
+/// One generation's `n` joiners, 100 per topic, and what they cost.
 struct Generation {
+    /// The joiners, and the topics' earlier members if any.
     crowd: Vec<Client>,
     joins_per_second: f64,
     frames_per_join: f64,
@@ -250,11 +257,20 @@ struct Generation {
     timed_cpu_per_join: [f64; 3],
 }
 
-async fn generation(processes: &Processes<'_>, n: usize, tag: &str, current: bool) -> Generation {
+/// `n` clients of one generation join topics of 100: empty topics, or
+/// (`watched`) topics whose 100 members joined first, untimed.
+async fn generation(processes: &Processes<'_>, n: usize, tag: &str, current: bool, watched: bool) -> Generation {
     let ports = processes.servers.map(|s| s.port);
+    let mut crowd = Vec::new();
+    if watched {
+        let members = connect(ports, n, &format!("{tag}m"), current).await;
+        crowd = join_all(processes, members, tag).await.0;
+    }
     let before = frames_sent(ports).await;
     let cpu_before = processes.cpu()[1];
-    let (crowd, joins_per_second, timed_cpu_per_join) = crowd(processes, n, tag, current).await;
+    let joiners = connect(ports, n, tag, current).await;
+    let (joiners, joins_per_second, timed_cpu_per_join) = join_all(processes, joiners, tag).await;
+    crowd.extend(joiners);
     let server_cpu_per_join = (processes.cpu()[1] - cpu_before) * 1e6 / n as f64;
     // Let the last coalesced diffs go out before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -262,24 +278,79 @@ async fn generation(processes: &Processes<'_>, n: usize, tag: &str, current: boo
     Generation { crowd, joins_per_second, frames_per_join, server_cpu_per_join, timed_cpu_per_join }
 }
 
-/// The engine alone, in this process, on the same Redis: joins/s for `n` users.
-async fn engine_joins(url: &str, n: usize) -> f64 {
+/// The engine alone, in this process, on the same Redis: joins/s for `n`
+/// users, 100 per topic, into empty topics or (`watched`) topics whose 100
+/// members joined first, untimed.
+async fn engine_joins(url: &str, n: usize, watched: bool) -> f64 {
     let mut options = RedisOptions::new(url);
-    options.prefix = "engine-only".into();
+    options.prefix = format!("engine-only-{n}-{watched}");
     options.timeout = Duration::from_secs(10);
     let hub = Hub::new();
     let presence =
         Presence::new(Arc::new(RedisBackend::connect(options).await.unwrap()), hub.clone(), Options::default())
             .unwrap();
-    let conns: Vec<_> = (0..n).map(|i| hub.connect(json!({"id": format!("e{i}"), "name": "e"}), 1 << 20).0).collect();
-    let started = Instant::now();
-    futures::stream::iter(conns.iter().enumerate())
-        .for_each_concurrent(256, |(i, conn)| {
-            let presence = &presence;
-            async move { presence.join(*conn, &format!("engine-topic-{}", i / 100)).await.unwrap() }
-        })
-        .await;
-    n as f64 / started.elapsed().as_secs_f64()
+    let join_all = |tag: &'static str| {
+        let conns: Vec<_> =
+            (0..n).map(|i| hub.connect(json!({"id": format!("{tag}{i}"), "name": "e"}), 1 << 20).0).collect();
+        let presence = &presence;
+        async move {
+            let started = Instant::now();
+            futures::stream::iter(conns.iter().enumerate())
+                .for_each_concurrent(256, |(i, conn)| async move {
+                    presence.join(*conn, &format!("engine-topic-{}", i / 100)).await.unwrap()
+                })
+                .await;
+            n as f64 / started.elapsed().as_secs_f64()
+        }
+    };
+    if watched {
+        join_all("m").await;
+    }
+    join_all("e").await
+}
+
+/// Both generations and the engine alone, at two sizes, as a table.
+async fn compare(processes: &Processes<'_>, redis: &str, sizes: [usize; 2], watched: bool) {
+    let ports = processes.servers.map(|s| s.port);
+    let mut rows: Vec<(&str, Vec<String>)> = vec![
+        ("join → `join` seen on the other instance (legacy crowd in place), p50 / p99", vec![]),
+        ("joins/s, legacy clients (0.3/0.4) through WebSocket + presenced + Redis", vec![]),
+        ("joins/s, current clients (0.5), same path", vec![]),
+        ("frames sent per join, legacy / current", vec![]),
+        ("server CPU per join, connect to state (both presenced), legacy / current", vec![]),
+        ("CPU per join, first subscribe to last state (load generator + servers + Redis), legacy", vec![]),
+        ("the same, current", vec![]),
+        ("joins/s, engine alone on the same Redis", vec![]),
+        ("**current ÷ legacy joins/s; current ÷ engine alone**", vec![]),
+    ];
+    let w = if watched { "w" } else { "" };
+    for n in sizes {
+        let legacy = generation(processes, n, &format!("l{w}{n}-"), false, watched).await;
+        let (p50, p99) = join_latency(ports, 300).await;
+        drop(legacy.crowd);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let current = generation(processes, n, &format!("c{w}{n}-"), true, watched).await;
+        drop(current.crowd);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let engine_rate = engine_joins(redis, n, watched).await;
+        let (legacy_rate, current_rate) = (legacy.joins_per_second, current.joins_per_second);
+        rows[0].1.push(format!("{:.2} / {:.2} ms", p50 / 1e3, p99 / 1e3));
+        rows[1].1.push(format!("{legacy_rate:.0}"));
+        rows[2].1.push(format!("{current_rate:.0}"));
+        rows[3].1.push(format!("{:.1} / {:.1}", legacy.frames_per_join, current.frames_per_join));
+        rows[4].1.push(format!("{:.0} / {:.0} µs", legacy.server_cpu_per_join, current.server_cpu_per_join));
+        for (row, [generator, servers, redis]) in [(5, legacy.timed_cpu_per_join), (6, current.timed_cpu_per_join)] {
+            rows[row].1.push(format!("{generator:.0} + {servers:.0} + {redis:.0} µs"));
+        }
+        rows[7].1.push(format!("{engine_rate:.0}"));
+        rows[8].1.push(format!("**{:.2}; {:.2}**", current_rate / legacy_rate, current_rate / engine_rate));
+    }
+    let joins = |n: usize| format!("{},{:03} joins", n / 1000, n % 1000);
+    println!("| measure | {} | {} |", joins(sizes[0]), joins(sizes[1]));
+    println!("|---|---|---|");
+    for (name, values) in rows {
+        println!("| {name} | {} |", values.join(" | "));
+    }
 }
 
 pub async fn run() {
@@ -287,7 +358,6 @@ pub async fn run() {
     let redis = RedisServer::start();
     let a = Presenced::start(&redis.url()).await;
     let b = Presenced::start(&redis.url()).await;
-    let ports = [a.port, b.port];
     let processes = Processes { servers: [&a, &b], redis: redis.pid() };
 
     // Memory per idle connection.
@@ -301,43 +371,10 @@ pub async fn run() {
     let per_idle = (a.rss_kib().saturating_sub(before)) as f64 * 1024.0 / idle.len() as f64;
     drop(idle);
 
-    println!("| measure | 1,000 clients | 10,000 clients |");
-    println!("|---|---|---|");
-    let mut rows: Vec<(String, Vec<String>)> = vec![
-        ("join → `join` on the other instance, p50 / p99".into(), vec![]),
-        ("joins/s, legacy clients (0.3/0.4) through WebSocket + presenced + Redis".into(), vec![]),
-        ("joins/s, current clients (0.5), same path".into(), vec![]),
-        ("frames sent per join, legacy / current".into(), vec![]),
-        ("server CPU per join (both presenced), legacy / current".into(), vec![]),
-        ("CPU per join from first subscribe to last state (load generator + servers + Redis), legacy".into(), vec![]),
-        ("the same, current".into(), vec![]),
-        ("joins/s, engine alone on the same Redis".into(), vec![]),
-        ("current ÷ legacy joins/s; current ÷ engine alone".into(), vec![]),
-    ];
-    for n in [1_000, 10_000] {
-        let legacy = generation(&processes, n, &format!("l{n}-"), false).await;
-        let (p50, p99) = join_latency(ports, 300).await;
-        drop(legacy.crowd);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let current = generation(&processes, n, &format!("c{n}-"), true).await;
-        drop(current.crowd);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let engine_rate = engine_joins(&redis.url(), n).await;
-        let (legacy_rate, current_rate) = (legacy.joins_per_second, current.joins_per_second);
-        rows[0].1.push(format!("{:.2} / {:.2} ms", p50 / 1e3, p99 / 1e3));
-        rows[1].1.push(format!("{legacy_rate:.0}"));
-        rows[2].1.push(format!("{current_rate:.0}"));
-        rows[3].1.push(format!("{:.1} / {:.1}", legacy.frames_per_join, current.frames_per_join));
-        rows[4].1.push(format!("{:.0} / {:.0} µs", legacy.server_cpu_per_join, current.server_cpu_per_join));
-        for (row, [generator, servers, redis]) in [(5, legacy.timed_cpu_per_join), (6, current.timed_cpu_per_join)] {
-            rows[row].1.push(format!("{generator:.0} + {servers:.0} + {redis:.0} µs"));
-        }
-        rows[7].1.push(format!("{engine_rate:.0}"));
-        rows[8].1.push(format!("{:.2}; {:.2}", current_rate / legacy_rate, current_rate / engine_rate));
-    }
-    for (name, values) in rows {
-        println!("| {name} | {} |", values.join(" | "));
-    }
+    println!("Joins into empty topics, 100 clients per topic:\n");
+    compare(&processes, &redis.url(), [1_000, 10_000], false).await;
+    println!("\nJoins into topics whose 100 members joined first (each join seen by 100 subscribers):\n");
+    compare(&processes, &redis.url(), [1_000, 5_000], true).await;
     println!();
     println!("| measure | value |");
     println!("|---|---|");
