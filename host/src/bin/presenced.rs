@@ -155,6 +155,11 @@ struct Cli {
     /// per process.
     #[arg(long, env = "PRESENCE_SESSION_KEY_FILE")]
     session_key_file: Option<PathBuf>,
+    /// Threads running connections and presence. Default: one per core; fewer
+    /// when other busy processes share the cores (each idle-to-busy handoff
+    /// between threads is a context switch).
+    #[arg(long, env = "PRESENCE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
 }
 
 /// Counts, sizes and intervals: zero is never meant.
@@ -256,13 +261,20 @@ async fn stop_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
     cli.check_demo_auth()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    runtime.enable_all().build()?.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let server = PresenceServer::start(cli.config()?).await?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await

@@ -228,33 +228,35 @@ struct Session {
     flooding: u32,
 }
 
-/// Writes to one socket, each bounded by the send timeout: a client that
-/// stops reading cannot park the connection's task.
-struct Writer {
-    sink: futures::stream::SplitSink<WebSocket, Message>,
+/// The socket, whose writes are each bounded by the send timeout: a client
+/// that stops reading cannot park the connection's task. Not split: the
+/// connection's one task reads and writes it in turn, without a lock.
+struct Socket {
+    socket: WebSocket,
     within: std::time::Duration,
     shared: Arc<Shared>,
 }
 
-impl Writer {
+impl Socket {
     /// Send one message; false if the socket failed or the client did not
     /// take it in time.
     async fn send(&mut self, message: Message) -> bool {
-        let written = tokio::time::timeout(self.within, self.sink.send(message)).await;
+        let within = self.within;
+        let written = bounded(within, self.socket.send(message)).await;
         self.done(written)
     }
 
     /// Write a queued frame and everything queued behind it, then flush once.
     async fn send_queued(&mut self, first: Frame, outbox: &mut Outbox) -> bool {
-        let sink = &mut self.sink;
+        let socket = &mut self.socket;
         let write = async {
-            sink.feed(Message::Text(first.as_ref().into())).await?;
+            socket.feed(Message::Text(first.as_ref().into())).await?;
             while let Some(next) = outbox.try_recv() {
-                sink.feed(Message::Text(next.as_ref().into())).await?;
+                socket.feed(Message::Text(next.as_ref().into())).await?;
             }
-            sink.flush().await
+            socket.flush().await
         };
-        let written = tokio::time::timeout(self.within, write).await;
+        let written = bounded(self.within, write).await;
         self.done(written)
     }
 
@@ -270,15 +272,27 @@ impl Writer {
     }
 }
 
+/// `write` bounded by `within`. The timer is armed only when the write has to
+/// wait, which a client that keeps reading almost never makes it do.
+async fn bounded<F: std::future::Future>(
+    within: std::time::Duration,
+    write: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut write = std::pin::pin!(write);
+    match futures::poll!(write.as_mut()) {
+        std::task::Poll::Ready(done) => Ok(done),
+        std::task::Poll::Pending => tokio::time::timeout(within, write).await,
+    }
+}
+
 async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket: Ticket) {
     let (conn, mut outbox) = shared.hub.connect(user_data, shared.limits.send_queue_bytes);
     let user_data = shared.hub.user_data_json(conn).expect("just connected");
     shared.metrics.connections_open.fetch_add(1, Relaxed);
     shared.metrics.connections_total.fetch_add(1, Relaxed);
     shared.hub.send_text(conn, protocol::welcome(&format!("{:032x}", rand::random::<u128>())));
-    let (sink, mut stream) = socket.split();
     let limits = &shared.limits;
-    let mut writer = Writer { sink, within: limits.pong_timeout, shared: shared.clone() };
+    let mut socket = Socket { socket, within: limits.pong_timeout, shared: shared.clone() };
     // One server-wide ticker instead of a timer per connection.
     let mut keepalive = shared.keepalive.subscribe();
     let mut last_heard = Instant::now();
@@ -295,28 +309,28 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => {
-                writer.send(close(GOING_AWAY, "server shutting down")).await;
+                socket.send(close(GOING_AWAY, "server shutting down")).await;
                 break;
             }
             frame = outbox.recv() => match frame {
                 Some(frame) => {
                     sent_since_tick = true;
-                    if !writer.send_queued(frame, &mut outbox).await {
+                    if !socket.send_queued(frame, &mut outbox).await {
                         break;
                     }
                 }
                 None => {
                     // The hub cut us off: the client did not read fast enough.
-                    writer.send(close(TRY_AGAIN_LATER, "too slow: send queue full")).await;
+                    socket.send(close(TRY_AGAIN_LATER, "too slow: send queue full")).await;
                     break;
                 }
             },
-            message = stream.next() => {
+            message = socket.socket.next() => {
                 last_heard = Instant::now();
                 match message {
                     Some(Ok(Message::Text(text))) if text.len() > limits.max_frame_bytes => {
                         shared.metrics.frames_refused.fetch_add(1, Relaxed);
-                        writer.send(close(TOO_BIG, "frame over the size limit")).await;
+                        socket.send(close(TOO_BIG, "frame over the size limit")).await;
                         break;
                     }
                     Some(Ok(Message::Text(text))) => {
@@ -324,7 +338,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
                         // Boxed: an idle connection should not carry the
                         // space of a plugin call in its task.
                         if let Some((code, reason)) = Box::pin(session.handle(text.as_str())).await {
-                            writer.send(close(code, reason)).await;
+                            socket.send(close(code, reason)).await;
                             break;
                         }
                     }
@@ -340,16 +354,16 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
             _ = keepalive.changed() => {
                 if last_heard.elapsed() > limits.ping_interval + limits.pong_timeout {
                     shared.metrics.keepalive_timeouts.fetch_add(1, Relaxed);
-                    writer.send(close(GOING_AWAY, "keepalive timeout")).await;
+                    socket.send(close(GOING_AWAY, "keepalive timeout")).await;
                     break;
                 }
                 // Browser code cannot see pings: a quiet connection also gets
                 // an application frame, so clients never think it dead.
-                if !sent_since_tick && !writer.send(Message::Text(protocol::KEEPALIVE.into())).await {
+                if !sent_since_tick && !socket.send(Message::Text(protocol::KEEPALIVE.into())).await {
                     break;
                 }
                 sent_since_tick = false;
-                if !writer.send(Message::Ping(Default::default())).await {
+                if !socket.send(Message::Ping(Default::default())).await {
                     break;
                 }
             }
