@@ -68,6 +68,10 @@ struct HubState {
     diffs: HashMap<String, Diff>,
     /// `__presence:T` → sequence number of its last presence frame.
     seqs: HashMap<String, u64>,
+    /// `__presence:T` → `presence_state` frames held back for subscribers
+    /// that joined while a diff was waiting: each goes out with that diff,
+    /// in the same write, instead of in a write of its own just before it.
+    states_waiting: HashMap<String, Vec<(ConnId, Frame)>>,
 }
 
 struct Conn {
@@ -119,6 +123,11 @@ impl HubState {
         self.topics.remove(topic);
         self.seqs.remove(topic);
         self.diffs.remove(topic);
+        self.states_waiting.remove(topic);
+    }
+
+    fn is_subscribed(&self, conn: ConnId, topic: &str) -> bool {
+        self.topics.get(topic).is_some_and(|members| members.contains(&conn))
     }
 
     fn next_seq(&mut self, presence_topic: &str) -> u64 {
@@ -174,8 +183,15 @@ impl Hub {
     pub fn flush_diffs(&self) {
         let mut state = self.lock();
         let diffs = std::mem::take(&mut state.diffs);
+        let mut states_waiting = std::mem::take(&mut state.states_waiting);
         let mut outgoing: HashMap<ConnId, Vec<Frame>> = HashMap::new();
         for (topic, diff) in diffs {
+            // Each held-back state ahead of the diff that follows it.
+            for (conn, frame) in states_waiting.remove(&topic).into_iter().flatten() {
+                if state.is_subscribed(conn, &topic) {
+                    outgoing.entry(conn).or_default().push(frame);
+                }
+            }
             if diff.is_empty() {
                 continue;
             }
@@ -188,6 +204,13 @@ impl Hub {
             let frame = diff.frame(&topic, seq);
             for conn in members {
                 outgoing.entry(conn).or_default().push(frame.clone());
+            }
+        }
+        // A state waits only while its topic's diff does, so none is left
+        // here; were one left, it must still go out.
+        for (topic, held) in states_waiting {
+            for (conn, frame) in held.into_iter().filter(|(conn, _)| state.is_subscribed(*conn, &topic)) {
+                outgoing.entry(conn).or_default().push(frame);
             }
         }
         for (conn, frames) in outgoing {
@@ -290,17 +313,24 @@ impl Platform for Hub {
     }
 
     /// Members serialized by the engine: one copy into the connection's
-    /// frame, a `presence_state` for a current connection.
+    /// frame, a `presence_state` for a current connection. A current
+    /// subscriber's state waits for the topic's waiting diff, if there is
+    /// one (at most a diff window), and goes out with it.
     fn send_list(&self, conn: ConnId, topic: &str, members: &Members<'_>) {
         let presence = presence_topic(topic);
         let mut state = self.lock();
-        let frame: Frame = if state.is_current(conn) {
-            let seq = state.seqs.get(&presence).copied().unwrap_or(0);
-            current::state_frame(&presence, members, seq)
+        if !state.is_current(conn) {
+            self.count_delivery(&mut state, conn, &legacy_list_frame(&presence, members.list_json()));
+            return;
+        }
+        let seq = state.seqs.get(&presence).copied().unwrap_or(0);
+        let frame = current::state_frame(&presence, members, seq);
+        let diff_waiting = state.diffs.get(&presence).is_some_and(|diff| !diff.is_empty());
+        if diff_waiting && state.is_subscribed(conn, &presence) {
+            state.states_waiting.entry(presence).or_default().push((conn, frame));
         } else {
-            legacy_list_frame(&presence, members.list_json())
-        };
-        self.count_delivery(&mut state, conn, &frame);
+            self.count_delivery(&mut state, conn, &frame);
+        }
     }
 
     /// Members replacing what every subscriber of the topic's presence lists:
@@ -313,7 +343,9 @@ impl Platform for Hub {
         let (current, legacy): (Vec<ConnId>, Vec<ConnId>) =
             subscribers.iter().copied().partition(|c| state.is_current(*c));
         if !current.is_empty() {
+            // This state supersedes the waiting diff and any state held back for it.
             state.diffs.remove(&presence);
+            state.states_waiting.remove(&presence);
             let seq = state.next_seq(&presence);
             let frame = current::state_frame(&presence, members, seq);
             for conn in current {
@@ -365,7 +397,7 @@ impl Platform for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// A connection that does not drain its queue is cut off once the queue
     /// is full; the others keep receiving.
@@ -395,6 +427,72 @@ mod tests {
         let members = r#"[{"key":"a","data":{"n":"x\"y"}}]"#;
         let envelope = Envelope::list("t \"q\"", members.to_owned());
         assert_eq!(&*legacy_list_frame(&presence_topic("t \"q\""), members), envelope.to_json());
+    }
+
+    /// A current subscriber that joins while a diff is waiting gets its
+    /// state with that diff, state first, in one flush (one batch frame when
+    /// it asked for batches); with no diff waiting, the state goes at once.
+    #[test]
+    fn a_state_goes_out_with_the_waiting_diff() {
+        let hub = Hub::new();
+        let topic = "__presence:t";
+        let member =
+            |key: &str| serde_json::value::RawValue::from_string(format!(r#"{{"key":"{key}","data":{{}}}}"#)).unwrap();
+        let (ada, mut ada_rx) = hub.connect(json!({}), 1 << 16);
+        hub.set_current(ada, false);
+        hub.subscribe(ada, topic);
+        hub.send_list(ada, "t", &Members::none());
+        assert!(ada_rx.try_recv().is_some_and(|f| f.contains("presence_state")), "no diff waiting: at once");
+
+        hub.publish(topic, &Envelope::new(topic, "join", member("bob")));
+        let (bob, mut bob_rx) = hub.connect(json!({}), 1 << 16);
+        let (cy, mut cy_rx) = hub.connect(json!({}), 1 << 16);
+        hub.set_current(bob, false);
+        hub.set_current(cy, true);
+        for conn in [bob, cy] {
+            hub.subscribe(conn, topic);
+            hub.send_list(conn, "t", &Members::none());
+        }
+        assert!(bob_rx.try_recv().is_none() && cy_rx.try_recv().is_none(), "held for the diff");
+        hub.flush_diffs();
+        let bob_frames: Vec<Frame> = std::iter::from_fn(|| bob_rx.try_recv()).collect();
+        assert_eq!(bob_frames.len(), 2);
+        assert!(bob_frames[0].contains("presence_state") && bob_frames[1].contains("presence_diff"));
+        let cy_frame: Value = serde_json::from_str(&cy_rx.try_recv().unwrap()).unwrap();
+        assert!(cy_rx.try_recv().is_none());
+        let events: Vec<&str> =
+            cy_frame["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+        assert_eq!(events, ["presence_state", "presence_diff"]);
+        assert!(ada_rx.try_recv().is_some_and(|f| f.contains("presence_diff")) && ada_rx.try_recv().is_none());
+    }
+
+    /// A held-back state is not sent to a connection that left the topic
+    /// before the flush, and a state published to the whole topic replaces it.
+    #[test]
+    fn a_held_state_follows_the_topic() {
+        let hub = Hub::new();
+        let topic = "__presence:t";
+        let join = serde_json::value::RawValue::from_string(r#"{"key":"a","data":{}}"#.into()).unwrap();
+        let (watcher, _watcher_rx) = hub.connect(json!({}), 1 << 16);
+        let (left, mut left_rx) = hub.connect(json!({}), 1 << 16);
+        let (stayed, mut stayed_rx) = hub.connect(json!({}), 1 << 16);
+        for conn in [watcher, left, stayed] {
+            hub.set_current(conn, false);
+        }
+        hub.subscribe(watcher, topic);
+        hub.publish(topic, &Envelope::new(topic, "join", join));
+        for conn in [left, stayed] {
+            hub.subscribe(conn, topic);
+            hub.send_list(conn, "t", &Members::none());
+        }
+        hub.unsubscribe(left, topic);
+        hub.publish_list("t", &Members::none());
+        hub.flush_diffs();
+        assert!(left_rx.try_recv().is_none());
+        let frames: Vec<Frame> = std::iter::from_fn(|| stayed_rx.try_recv()).collect();
+        assert_eq!(frames.len(), 1, "only the published state: {frames:?}");
+        assert!(frames[0].contains("presence_state") && frames[0].contains(r#""seq":1"#));
+        assert_eq!(hub.overflows(), 0);
     }
 
     /// A topic's bookkeeping goes with its last subscriber.
