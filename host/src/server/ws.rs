@@ -232,7 +232,7 @@ struct Session {
 /// that stops reading cannot park the connection's task. Not split: the
 /// connection's one task reads and writes it in turn, without a lock.
 struct Socket {
-    socket: WebSocket,
+    ws: WebSocket,
     within: std::time::Duration,
     shared: Arc<Shared>,
 }
@@ -242,19 +242,19 @@ impl Socket {
     /// take it in time.
     async fn send(&mut self, message: Message) -> bool {
         let within = self.within;
-        let written = bounded(within, self.socket.send(message)).await;
+        let written = bounded(within, self.ws.send(message)).await;
         self.done(written)
     }
 
     /// Write a queued frame and everything queued behind it, then flush once.
     async fn send_queued(&mut self, first: Frame, outbox: &mut Outbox) -> bool {
-        let socket = &mut self.socket;
+        let ws = &mut self.ws;
         let write = async {
-            socket.feed(Message::Text(first.as_ref().into())).await?;
+            ws.feed(Message::Text(first.as_ref().into())).await?;
             while let Some(next) = outbox.try_recv() {
-                socket.feed(Message::Text(next.as_ref().into())).await?;
+                ws.feed(Message::Text(next.as_ref().into())).await?;
             }
-            socket.flush().await
+            ws.flush().await
         };
         let written = bounded(self.within, write).await;
         self.done(written)
@@ -292,7 +292,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
     shared.metrics.connections_total.fetch_add(1, Relaxed);
     shared.hub.send_text(conn, protocol::welcome(&format!("{:032x}", rand::random::<u128>())));
     let limits = &shared.limits;
-    let mut socket = Socket { socket, within: limits.pong_timeout, shared: shared.clone() };
+    let mut socket = Socket { ws: socket, within: limits.pong_timeout, shared: shared.clone() };
     // One server-wide ticker instead of a timer per connection.
     let mut keepalive = shared.keepalive.subscribe();
     let mut last_heard = Instant::now();
@@ -325,7 +325,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
                     break;
                 }
             },
-            message = socket.socket.next() => {
+            message = socket.ws.next() => {
                 last_heard = Instant::now();
                 match message {
                     Some(Ok(Message::Text(text))) if text.len() > limits.max_frame_bytes => {
