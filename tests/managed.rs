@@ -11,8 +11,11 @@ use presence_tests::*;
 use serde_json::json;
 use std::sync::Arc;
 
+/// A generous timeout: these tests are about who may connect, not how fast,
+/// and the full suite can keep both cores busy for seconds (a connect here
+/// once failed under that load, with the default 2 s).
 fn options(url: String, ca: Option<Vec<u8>>) -> RedisOptions {
-    RedisOptions { tls_ca: ca, ..RedisOptions::new(url) }
+    RedisOptions { tls_ca: ca, timeout: std::time::Duration::from_secs(10), ..RedisOptions::new(url) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
