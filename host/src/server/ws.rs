@@ -241,8 +241,7 @@ impl Socket {
     /// Send one message; false if the socket failed or the client did not
     /// take it in time.
     async fn send(&mut self, message: Message) -> bool {
-        let within = self.within;
-        let written = bounded(within, self.ws.send(message)).await;
+        let written = bounded(self.within, self.ws.send(message)).await;
         self.done(written)
     }
 
