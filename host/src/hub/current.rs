@@ -19,11 +19,14 @@ struct Member<'a> {
     data: &'a RawValue,
 }
 
-/// Changes to one topic since the last flush: key → data JSON.
+/// Changes to one topic since the last flush: key → data JSON; and the
+/// `presence_state` frames of subscribers that joined meanwhile, which go out
+/// with the diff, just ahead of it, rather than in a write of their own.
 #[derive(Default)]
 pub(super) struct Diff {
     joins: HashMap<String, String>,
     leaves: HashMap<String, String>,
+    pub held_states: Vec<(crate::ConnId, super::Frame)>,
 }
 
 impl Diff {

@@ -64,14 +64,11 @@ pub struct Hub {
 struct HubState {
     conns: HashMap<ConnId, Conn>,
     topics: HashMap<String, HashSet<ConnId>>,
-    /// `__presence:T` → changes since the last flush, for current subscribers.
+    /// `__presence:T` → changes since the last flush, for current subscribers
+    /// (with the states held back for it).
     diffs: HashMap<String, Diff>,
     /// `__presence:T` → sequence number of its last presence frame.
     seqs: HashMap<String, u64>,
-    /// `__presence:T` → `presence_state` frames held back for subscribers
-    /// that joined while a diff was waiting: each goes out with that diff,
-    /// in the same write, instead of in a write of its own just before it.
-    states_waiting: HashMap<String, Vec<(ConnId, Frame)>>,
 }
 
 struct Conn {
@@ -123,7 +120,6 @@ impl HubState {
         self.topics.remove(topic);
         self.seqs.remove(topic);
         self.diffs.remove(topic);
-        self.states_waiting.remove(topic);
     }
 
     fn is_subscribed(&self, conn: ConnId, topic: &str) -> bool {
@@ -183,11 +179,10 @@ impl Hub {
     pub fn flush_diffs(&self) {
         let mut state = self.lock();
         let diffs = std::mem::take(&mut state.diffs);
-        let mut states_waiting = std::mem::take(&mut state.states_waiting);
         let mut outgoing: HashMap<ConnId, Vec<Frame>> = HashMap::new();
-        for (topic, diff) in diffs {
+        for (topic, mut diff) in diffs {
             // Each held-back state ahead of the diff that follows it.
-            for (conn, frame) in states_waiting.remove(&topic).into_iter().flatten() {
+            for (conn, frame) in std::mem::take(&mut diff.held_states) {
                 if state.is_subscribed(conn, &topic) {
                     outgoing.entry(conn).or_default().push(frame);
                 }
@@ -204,13 +199,6 @@ impl Hub {
             let frame = diff.frame(&topic, seq);
             for conn in members {
                 outgoing.entry(conn).or_default().push(frame.clone());
-            }
-        }
-        // A state waits only while its topic's diff does, so none is left
-        // here; were one left, it must still go out.
-        for (topic, held) in states_waiting {
-            for (conn, frame) in held.into_iter().filter(|(conn, _)| state.is_subscribed(*conn, &topic)) {
-                outgoing.entry(conn).or_default().push(frame);
             }
         }
         for (conn, frames) in outgoing {
@@ -325,11 +313,12 @@ impl Platform for Hub {
         }
         let seq = state.seqs.get(&presence).copied().unwrap_or(0);
         let frame = current::state_frame(&presence, members, seq);
-        let diff_waiting = state.diffs.get(&presence).is_some_and(|diff| !diff.is_empty());
-        if diff_waiting && state.is_subscribed(conn, &presence) {
-            state.states_waiting.entry(presence).or_default().push((conn, frame));
-        } else {
-            self.count_delivery(&mut state, conn, &frame);
+        let subscribed = state.is_subscribed(conn, &presence);
+        match state.diffs.get_mut(&presence).filter(|diff| subscribed && !diff.is_empty()) {
+            Some(diff) => diff.held_states.push((conn, frame)),
+            None => {
+                self.count_delivery(&mut state, conn, &frame);
+            }
         }
     }
 
@@ -343,9 +332,8 @@ impl Platform for Hub {
         let (current, legacy): (Vec<ConnId>, Vec<ConnId>) =
             subscribers.iter().copied().partition(|c| state.is_current(*c));
         if !current.is_empty() {
-            // This state supersedes the waiting diff and any state held back for it.
+            // This state supersedes the waiting diff and the states held for it.
             state.diffs.remove(&presence);
-            state.states_waiting.remove(&presence);
             let seq = state.next_seq(&presence);
             let frame = current::state_frame(&presence, members, seq);
             for conn in current {
