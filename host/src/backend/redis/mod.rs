@@ -307,15 +307,15 @@ impl RedisBackend {
                 call.arg(&self.instance).arg(ttl.as_millis() as u64).arg(backstop(ttl).as_millis() as u64);
                 for &i in &batches[b] {
                     let item = &topics[i];
-                    let k = self.keys(&item.topic);
                     let verify = item.verify || fresh.contains(&item.topic);
                     let duties = [(verify, 'v'), (item.renew, 'r'), (full, 's'), (item.connections.is_some(), 'c')]
                         .into_iter()
                         .filter_map(|(due, duty)| due.then_some(duty))
                         .collect::<String>();
                     if duties.is_empty() {
-                        call.key(&k.inst).arg(item.held).arg("");
+                        call.key(TopicKeys::inst(&self.prefix, &item.topic)).arg(item.held).arg("");
                     } else {
+                        let k = self.keys(&item.topic);
                         call.topic_keys(&k).arg(item.held).arg(duties);
                         call.arg(item.epoch.as_deref().unwrap_or("")).arg(&k.channel);
                         call.arg(item.connections.map_or(String::new(), |n| n.to_string()));
