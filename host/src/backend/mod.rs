@@ -319,6 +319,10 @@ pub struct Change {
     pub instance: String,
     /// Its sequence number on the topic.
     pub seq: u64,
+    /// The topic's sequence number just before it, from a store that can
+    /// lose events (`None` otherwise): a receiver whose last event on the
+    /// topic was not this one missed one in between.
+    pub previous: Option<u64>,
     /// Join, update or leave.
     pub kind: ChangeKind,
     /// The user key.

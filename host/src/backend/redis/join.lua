@@ -45,7 +45,7 @@ backstop({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}, keep)
 if kind == 'same' then return {'same', 0, fresh} end
 
 redis.call('HSET', KEYS[1], user, data)
-local seq = next_seq(KEYS[5], now)
+local seq, before = next_seq(KEYS[5], now)
 redis.call('PEXPIRE', KEYS[5], keep)
-publish_change(channel, instance, seq, kind, user, data)
+publish_change(channel, instance, seq, before, kind, user, data)
 return {kind, seq, fresh}

@@ -16,9 +16,9 @@ local keep, channel = tonumber(ARGV[3]), ARGV[4]
 
 if redis.call('ZREM', KEYS[4], instance .. user) == 0 then
   if redis.call('HEXISTS', KEYS[1], user) == 1 then return {'absent', 0} end
-  local seq = next_seq(KEYS[5], redis_now())
+  local seq, before = next_seq(KEYS[5], redis_now())
   redis.call('PEXPIRE', KEYS[5], keep)
-  publish_change(channel, instance, seq, 'leave', user, 'null')
+  publish_change(channel, instance, seq, before, 'leave', user, 'null')
   return {'left', seq, 'null'}
 end
 -- With its last user here gone, this instance has no connections here either.
@@ -28,7 +28,7 @@ if redis.call('HINCRBY', KEYS[2], user, -1) > 0 then return {'held', 0} end
 redis.call('HDEL', KEYS[2], user)
 local data = redis.call('HGET', KEYS[1], user) or 'null'
 redis.call('HDEL', KEYS[1], user)
-local seq = next_seq(KEYS[5], redis_now())
+local seq, before = next_seq(KEYS[5], redis_now())
 redis.call('PEXPIRE', KEYS[5], keep)
-publish_change(channel, instance, seq, 'leave', user, data)
+publish_change(channel, instance, seq, before, 'leave', user, data)
 return {'left', seq, data}

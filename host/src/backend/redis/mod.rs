@@ -76,14 +76,15 @@ use tokio::sync::{mpsc, oneshot};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS,
     /// `redis+unix://`); several, separated by commas, are the seed nodes of
     /// a cluster. A single node that is part of a cluster is used as one.
     pub url: String,
-    /// PEM certificate(s) to trust for `rediss://` besides the system's
-    /// roots (a private CA, as managed services and tests use).
+    /// PEM certificate(s) to trust for `rediss://` instead of the system's
+    /// roots (a private CA, as managed services and tests use): with them,
+    /// only they are trusted.
     pub tls_ca: Option<Vec<u8>>,
     /// First part of every key and channel; letters, digits, `_ . : -` only.
     pub prefix: String,
@@ -93,6 +94,18 @@ pub struct RedisOptions {
     /// milliseconds (what a host with a wrong clock would report).
     #[doc(hidden)]
     pub clock_offset_ms: i64,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    /// Without the password the URL may carry.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &connection::redact(&self.url))
+            .field("tls_ca", &self.tls_ca.as_ref().map(|ca| format!("{} bytes", ca.len())))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl RedisOptions {

@@ -14,7 +14,8 @@
 --   epoch  string token replaced by clear(); absent until the first clear
 --   conns  hash   instance id -> its connections on T, as of its last report
 --                 (a heartbeat whose count changed); gone with its last hold
--- Events go to the channel of T as JSON: {"i":instance,"s":seq,"e":kind,...},
+-- Events go to the channel of T as JSON: {"i":instance,"s":seq,"b":the
+-- sequence number before it,"e":kind,...},
 -- published with `publish_command` (set by the loader above this prelude:
 -- PUBLISH on one Redis, SPUBLISH on a cluster, where the channel carries the
 -- topic's hash tag and so lives on the topic's shard).
@@ -32,33 +33,36 @@ local function redis_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Next sequence number: max(previous + 1, now_ms * 1024). The counter is made
--- by the first snapshot of a topic (snapshot.lua), so a write that finds it
--- missing means Redis lost its data: it restarts one second ahead, past any
--- number handed out before the loss (at most 1024 a millisecond), so replicas
--- never mistake new events for old ones ("recovery").
+-- Next sequence number: max(previous + 1, now_ms * 1024), and the previous
+-- one (0 when there was none). The counter is made by the first snapshot of a
+-- topic (snapshot.lua), so a write that finds it missing means Redis lost its
+-- data: it restarts one second ahead, past any number handed out before the
+-- loss (at most 1024 a millisecond), so replicas never mistake new events for
+-- old ones ("recovery"). Each event carries the previous number too, so a
+-- receiver that missed one sees the gap at the next.
 local function next_seq(seq_key, now)
   local current = redis.call('GET', seq_key)
   if not current then
     local fresh = (now + 1000) * 1024
     redis.call('SET', seq_key, string.format('%d', fresh), 'KEEPTTL')
-    return fresh
+    return fresh, 0
   end
   current = tonumber(current)
   local candidate = now * 1024
   if candidate <= current then candidate = current + 1 end
   -- KEEPTTL: a sweep must not strip the backstop expiry off the counter.
   redis.call('SET', seq_key, string.format('%d', candidate), 'KEEPTTL')
-  return candidate
+  return candidate, current
 end
 
 local function publish(channel, message)
   redis.call(publish_command, channel, message)
 end
 
-local function publish_change(channel, instance, seq, kind, user, data)
+local function publish_change(channel, instance, seq, before, kind, user, data)
   publish(channel,
     '{"i":' .. cjson.encode(instance) .. ',"s":' .. string.format('%d', seq) ..
+    ',"b":' .. string.format('%d', before) ..
     ',"e":"' .. kind .. '","k":' .. cjson.encode(user) .. ',"d":' .. data .. '}')
 end
 
@@ -89,7 +93,8 @@ local function sweep(users, refs, inst, holds, seq, conns, channel, now)
         redis.call('HDEL', refs, user)
         local data = redis.call('HGET', users, user) or 'null'
         redis.call('HDEL', users, user)
-        publish_change(channel, instance, next_seq(seq, now), 'leave', user, data)
+        local number, before = next_seq(seq, now)
+        publish_change(channel, instance, number, before, 'leave', user, data)
         left = left + 1
       end
     end

@@ -2,14 +2,19 @@
 //! cluster connection in RESP3, `SSUBSCRIBE`s each watched topic's channel on
 //! the shard that owns the topic's slot, and keeps it there.
 //!
-//! The cluster client (redis-rs) tracks the subscriptions and subscribes them
-//! again where their slots live after a node reconnects or the topology
-//! changes (a failover). Two things are ours:
+//! The cluster client (redis-rs) tracks the subscriptions and means to
+//! subscribe them again where their slots live after a node reconnects or
+//! the topology changes (a failover). What is ours:
 //!
 //! - **Knowing what was missed.** A channel confirmed a second time was lost
 //!   for a while (its node died or reconnected): events published meanwhile
 //!   are gone, so the topic is re-read ([`BackendEvent::TopicResynced`]) —
 //!   that topic only, not every topic the instance watches.
+//! - **Dropped connections.** When a node's connection drops (killed,
+//!   restarted, a network blip), the client reconnects but does not reliably
+//!   subscribe that node's channels again (redis-rs 1.8, seen in tests), and
+//!   its `Disconnection` push does not name the node: every watched channel
+//!   is subscribed again, and each confirmation re-reads its topic.
 //! - **Slot moves.** When a slot migrates, its old owner ends the channels of
 //!   that slot with a server-sent `SUNSUBSCRIBE`, which the client takes as
 //!   final. A channel still watched is subscribed again (the client routes it
@@ -39,6 +44,8 @@ use tokio::sync::mpsc;
 const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
 /// How often the slot table is read otherwise.
 const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
+/// Channels subscribed again at once after a connection dropped.
+const RESUBSCRIBE_AT_ONCE: usize = 64;
 /// How long after a dropped connection the table is read at the fast pace
 /// (a failover takes about `cluster-node-timeout` plus an election).
 const WATCH_AFTER_DROP: Duration = Duration::from_secs(30);
@@ -84,7 +91,8 @@ struct Task {
     watched: HashSet<String>,
     /// Watched channels the server confirmed at least once.
     confirmed: HashSet<String>,
-    /// Watched channels the server ended (slot moved), not yet subscribed again.
+    /// Watched channels the server ended (slot moved) or a dropped connection
+    /// lost, not yet subscribed again.
     lapsed: HashSet<String>,
     /// The master each watched channel was subscribed on, as the table said.
     owners: HashMap<String, Node>,
@@ -176,7 +184,13 @@ impl Task {
 
     fn on_push(&mut self, push: PushInfo) {
         if push.kind == PushKind::Disconnection {
+            // The client reconnects to the node but does not always
+            // subscribe its channels there again, and does not say which node
+            // it was: every watched channel is subscribed again (a no-op on
+            // the nodes that stayed up), and each confirmation re-reads its
+            // topic, since what was published meanwhile is gone.
             self.dropped_at = Some(Instant::now());
+            self.lapsed.extend(self.watched.iter().cloned());
             return;
         }
         let channel = match push.data.first() {
@@ -258,12 +272,26 @@ impl Task {
         }
     }
 
-    /// Subscribe again every channel the server ended; the ones whose slot
-    /// has no reachable owner yet stay for the next try.
+    /// Subscribe again every channel that lapsed (the server ended it, or
+    /// a node's connection dropped), many at once; the ones whose slot has
+    /// no reachable owner yet stay for the next try.
     async fn resubscribe_lapsed(&mut self, conn: &mut ClusterConnection) {
+        use futures::StreamExt;
         let lapsed: Vec<String> = self.lapsed.iter().cloned().collect();
-        for channel in lapsed {
-            match self.subscribe(conn, &channel).await {
+        let this = &*self;
+        let results: Vec<(String, Result<(), BackendError>)> = futures::stream::iter(lapsed)
+            .map(|channel| {
+                let mut conn = conn.clone();
+                async move {
+                    let result = this.subscribe(&mut conn, &channel).await;
+                    (channel, result)
+                }
+            })
+            .buffer_unordered(RESUBSCRIBE_AT_ONCE)
+            .collect()
+            .await;
+        for (channel, result) in results {
+            match result {
                 Ok(()) => {
                     self.lapsed.remove(&channel);
                     self.note_owner(&channel);

@@ -217,6 +217,9 @@ impl Task {
 struct Wire<'a> {
     i: String,
     s: u64,
+    /// The topic's sequence number before this change.
+    #[serde(default)]
+    b: Option<u64>,
     e: &'a str,
     #[serde(default)]
     k: String,
@@ -239,6 +242,7 @@ pub(super) fn parse(topic: &str, payload: &[u8]) -> Result<BackendEvent, String>
         topic: topic.to_owned(),
         instance: wire.i,
         seq: wire.s,
+        previous: wire.b,
         kind,
         key: wire.k,
         data: wire.d.map_or_else(|| "null".to_owned(), |raw| raw.get().to_owned()),
@@ -251,9 +255,10 @@ mod tests {
 
     #[test]
     fn parses_what_the_scripts_publish() {
-        let event = parse("r", br#"{"i":"00ff","s":7,"e":"leave","k":"a|b","d":{"n":"\u00fc"}}"#).unwrap();
+        let event = parse("r", br#"{"i":"00ff","s":7,"b":5,"e":"leave","k":"a|b","d":{"n":"\u00fc"}}"#).unwrap();
         let BackendEvent::Change(change) = event else { panic!("{event:?}") };
         assert_eq!((change.seq, change.kind, change.key.as_str()), (7, ChangeKind::Leave, "a|b"));
+        assert_eq!(change.previous, Some(5));
         assert_eq!(change.data, r#"{"n":"\u00fc"}"#);
         assert!(parse("r", b"{not json").is_err());
         assert!(parse("r", br#"{"i":"x","s":1,"e":"boom"}"#).is_err());
