@@ -90,9 +90,10 @@ pub enum Error {
     /// The backend failed (a read, or a change known not to be applied).
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// The backend could not be reached for a join: the join is kept and
-    /// the heartbeat makes it once the backend answers.
-    #[error("{0}; the join is kept and will be made when the backend answers")]
+    /// The backend could not be reached for a join (or a sync): it is kept
+    /// and the heartbeat makes it once the backend answers; the connection
+    /// then gets its `list`.
+    #[error("{0}; kept, and made when the backend answers")]
     Deferred(#[source] BackendError),
     /// `clear()` ran twice while this join was being made (each time
     /// dropping the topic's state); nothing of the join stays behind and it

@@ -1,7 +1,10 @@
-//! The event pump and replica repair. The pump applies what other instances
+//! The event pump and replica repair. The pump applies what every instance
 //! did (as the backend reports it) to the local replicas and shows it to local
-//! subscribers; changes this instance made were applied when their script
-//! replied, so their echoes are ignored. After the backend's event stream was
+//! subscribers. A change this instance made was usually applied already, when
+//! its script replied, and its echo then changes nothing (the replica keeps
+//! only what is newer by sequence number); but a call whose reply was lost (a
+//! timeout on a stalled Redis that then ran it) is known only by its echo, so
+//! echoes are never skipped. After the backend's event stream was
 //! interrupted, every watched topic is read again and the difference shown —
 //! once per interruption, however many reports of it arrive meanwhile; after
 //! one topic's events were (a cluster shard that moved), that topic only, by
@@ -38,11 +41,18 @@ pub(super) async fn pump(inner: Weak<Inner>, events: Events) {
     while let Some(event) = events.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         match event {
-            BackendEvent::Change(change) if change.instance != inner.backend.instance() => {
+            BackendEvent::Change(change) => {
                 let topic = lock(&inner.topics).get(&change.topic).cloned();
                 if let Some(topic) = topic {
                     let mut state = topic.lock();
                     if !state.detached {
+                        if !state.heard.event(change.seq, change.previous) {
+                            // An event before this one never came: read the
+                            // topic again (what this one shows is kept).
+                            tracing::info!(topic = %change.topic, "events lost; re-reading the topic");
+                            lock(&inner.resyncs.topics).insert(change.topic.clone());
+                            inner.resync_wanted.notify_one();
+                        }
                         inner.show(&change.topic, &mut state, change.seq, change.kind, &change.key, &change.data);
                     }
                 }
@@ -113,6 +123,7 @@ impl Inner {
             if snapshot.epoch.is_some() && snapshot.epoch != state.epoch {
                 true
             } else {
+                state.heard.read(snapshot.seq);
                 for (kind, key, data) in state.replica.install(&snapshot) {
                     self.announce(&topic.name, &mut state, kind, &key, &data);
                 }

@@ -29,8 +29,14 @@ pub(super) async fn run(inner: Weak<Inner>) {
     let settling = Arc::new(AtomicBool::new(false));
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(ended) = inner.upgrade().map(|inner| inner.outage.ended_handle()) else { return };
     loop {
-        interval.tick().await;
+        // Every period, and at once when a backend outage ends: what was
+        // kept meanwhile is settled without waiting for the period.
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = ended.notified() => interval.reset(),
+        }
         let Some(inner) = inner.upgrade() else { return };
         let refreshed = inner.refresh().await;
         // One settle at a time; a tick that finds one running skips its own.
@@ -100,13 +106,14 @@ impl Inner {
             .collect();
         let mut reports = match items.is_empty() {
             true => Vec::new(),
-            false => match self.backend.tick(&items, self.options.ttl).await {
-                Ok(reports) => reports,
-                Err(e) => {
+            false => {
+                let ticked = self.backend.tick(&items, self.options.ttl).await;
+                self.outage.observe(&ticked);
+                ticked.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "heartbeat: cannot refresh holds");
                     Vec::new()
-                }
-            },
+                })
+            }
         }
         .into_iter();
         let ready: Vec<_> =
@@ -164,6 +171,11 @@ impl Inner {
             if let Some(latest) = report.as_ref().and_then(|r| r.latest) {
                 if self.drifted(topic, latest, *seen_before) {
                     self.stats.repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // The stream may be what broke: subscribe the topic
+                    // again (a no-op for a subscription that still works).
+                    if let Err(e) = self.backend.watch(&topic.name).await {
+                        tracing::warn!(topic = %topic.name, error = %e, "repair: cannot subscribe the topic again");
+                    }
                     self.resync_topic(topic).await;
                 }
             }
@@ -191,6 +203,7 @@ impl Inner {
         for name in names {
             self.forget_topic_if_idle(&name);
         }
+        self.forget_lingering();
     }
 
     /// Apply every hold change the topic's slots still need, in one batch.
@@ -204,12 +217,13 @@ impl Inner {
                 }
             }
         }
-        if owed.is_empty() {
+        if owed.is_empty() || !self.outage.may_call() {
             return Settled::Done;
         }
         let changes: Vec<_> = owed.iter().map(|(key, _, needed)| needed.as_change(key)).collect();
         let epoch = topic.epoch();
         let outcomes = self.backend.apply(&topic.name, epoch.as_deref(), self.terms(), &changes).await;
+        self.outage.observe(&outcomes);
         let changes_len = changes.len();
         drop(changes);
         let mut settled = Settled::Done;
@@ -226,16 +240,22 @@ impl Inner {
                 Ok(Settled::Cleared) => settled = Settled::Cleared,
                 Ok(Settled::Done) => {}
                 Ok(Settled::Full { members }) => {
-                    // Others filled the topic while this hold was lost: the
-                    // connection stays wanted and is asserted again next tick.
-                    tracing::warn!(topic = %topic.name, members, "heartbeat: topic full; cannot restore a hold");
+                    // Others filled the topic while this join was kept. Its
+                    // connections that were never listed are refused (their
+                    // clients retry and hear why); a hold lost with the
+                    // store's data, whose users were listed, is asserted
+                    // again next tick.
+                    let error = super::Error::TopicFull { members, limit: self.options.max_members_per_topic };
+                    self.refuse_unlisted(topic, &mut slot, &error);
+                    tracing::warn!(topic = %topic.name, members, "heartbeat: topic full; cannot make a kept join");
                 }
                 Err(e) => {
                     failure.get_or_insert(e);
                 }
             }
+            let idle = slot.is_unused();
             drop(slot);
-            if releasing {
+            if releasing || idle {
                 topic.forget_slot(&key);
             }
         }
@@ -247,25 +267,30 @@ impl Inner {
 
     /// Whether the replica no longer matches the store: the store is behind
     /// what this instance had seen before the tick (it lost data), or it shows
-    /// another number of members at the same sequence number, or the replica
-    /// stayed behind the same sequence number for two ticks (events lost).
+    /// another number of members at the sequence number last heard, or what
+    /// was heard through the event stream stayed behind the same sequence
+    /// number for two ticks (events lost, or the stream fell silent: this
+    /// instance's own changes, shown from their replies, do not count as
+    /// heard).
     fn drifted(&self, topic: &Topic, latest: Latest, seen_before: u64) -> bool {
         let mut state = topic.lock();
         if state.detached {
             return false;
         }
-        let high = state.replica.high();
+        let (shown, heard) = (state.replica.high(), state.heard.high);
         let drifted = if latest.seq < seen_before {
             true
-        } else if latest.seq == high {
+        } else if latest.seq < shown {
+            false // this instance changed the topic since the tick read it
+        } else if latest.seq == heard {
             latest.members != state.replica.len() as u64
-        } else if latest.seq > high {
-            // Events may still be on their way; the same gap next tick is a loss.
+        } else if latest.seq > heard {
+            // Events may still be on their way; the same gap next time is a loss.
             state.behind_at.replace(latest.seq) == Some(latest.seq)
         } else {
-            false // this instance changed the topic since the tick read it
+            false
         };
-        if drifted || latest.seq <= high {
+        if drifted || latest.seq <= heard {
             state.behind_at = None;
         }
         drifted

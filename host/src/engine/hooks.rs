@@ -6,12 +6,13 @@
 use super::{ConnId, Error, Presence};
 use presence_defaults::{route, Route};
 
-/// A hook's view of a join: one the backend cannot take right now is kept and
-/// made by the heartbeat, so for the hook (and the client) it succeeded.
+/// A hook's view of a join or a sync: one the backend cannot take right now
+/// is kept and made by the heartbeat, so for the hook (and the client) it
+/// succeeded; the connection gets its list once it is made.
 pub(crate) fn deferred_is_done(result: Result<(), Error>, conn: ConnId, topic: &str) -> Result<(), Error> {
     match result {
         Err(Error::Deferred(e)) => {
-            tracing::info!(%conn, topic, error = %e, "join deferred until the backend answers");
+            tracing::debug!(%conn, topic, error = %e, "kept until the backend answers");
             Ok(())
         }
         other => other,
@@ -45,10 +46,10 @@ pub struct Hooks<'a> {
 
 impl Hooks<'_> {
     /// `__presence:<t>` → sync `t`; other `__` topics → ignored; else join
-    /// (a join deferred until the backend answers counts as done).
+    /// (a join or sync deferred until the backend answers counts as done).
     pub async fn subscribe(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
         match route(topic) {
-            Route::Observe(watched) => self.presence.sync(conn, watched).await,
+            Route::Observe(watched) => deferred_is_done(self.presence.sync(conn, watched).await, conn, watched),
             Route::Ignore => Ok(()),
             Route::Join(topic) => deferred_is_done(self.presence.join(conn, topic).await, conn, topic),
         }

@@ -58,35 +58,67 @@ impl Inner {
             }
         }
         let topics = lock(&self.topics);
+        let lingering = lock(&self.lingering);
         let limit = self.options.max_topics_per_instance;
-        if !topics.contains_key(name) && topics.len() >= limit {
+        let in_use = topics.contains_key(name) && !lingering.contains(name);
+        if !in_use && topics.len() - lingering.len() >= limit {
             return Err(Error::TooManyTopics { limit });
         }
         Ok(())
     }
 
-    /// The topic's entry, created if needed (not necessarily watched yet).
+    /// The topic's entry, created if needed (not necessarily watched yet); a
+    /// lingering topic is in use again.
     pub(super) fn topic(&self, name: &str) -> Arc<Topic> {
-        lock(&self.topics).entry(name.to_owned()).or_insert_with(|| Arc::new(Topic::new(name))).clone()
+        let mut topics = lock(&self.topics);
+        let topic = topics.entry(name.to_owned()).or_insert_with(|| Arc::new(Topic::new(name))).clone();
+        lock(&self.lingering).stop(name);
+        topic
     }
 
-    /// Watch the topic and seed its replica, once.
+    /// Watch the topic and seed its replica, once; then list the observers
+    /// whose `sync` had to wait for it.
     pub(super) async fn ready(&self, topic: &Topic) -> Result<(), BackendError> {
-        topic
+        if !topic.ready.initialized() && !self.outage.may_call() {
+            return Err(self.outage.refusal("subscribe"));
+        }
+        let seeded = topic
             .ready
             .get_or_try_init(|| async {
                 // Watch before reading, so no change between the two is missed.
-                self.backend.watch(&topic.name).await?;
-                let snapshot = self.backend.snapshot(&topic.name, 0).await?;
+                let watched = self.backend.watch(&topic.name).await;
+                self.outage.observe(&watched);
+                watched?;
+                let snapshot = self.backend.snapshot(&topic.name, 0).await;
+                self.outage.observe(&snapshot);
+                let snapshot = snapshot?;
                 let mut state = topic.lock();
                 state.epoch = snapshot.epoch.clone();
+                state.heard.read(snapshot.seq);
                 for (kind, key, data) in state.replica.install(&snapshot) {
                     self.announce(&topic.name, &mut state, kind, &key, &data);
                 }
                 Ok(())
             })
             .await
-            .copied()
+            .copied();
+        if seeded.is_ok() {
+            self.list_waiting_observers(topic);
+        }
+        seeded
+    }
+
+    /// Observers whose `sync` met a backend that could not answer get the
+    /// list now that the topic is ready, and its events from here on.
+    fn list_waiting_observers(&self, topic: &Topic) {
+        let mut state = topic.lock();
+        if state.detached || state.unlisted_observers.is_empty() {
+            return;
+        }
+        for conn in std::mem::take(&mut state.unlisted_observers) {
+            self.platform.subscribe(conn, &presence_topic(&topic.name));
+            self.send_list(conn, &topic.name, &state);
+        }
     }
 
     /// Bring one user's hold in line with its local connections.
@@ -94,6 +126,11 @@ impl Inner {
         let Some(needed) = slot.needed() else {
             return Ok(Settled::Done);
         };
+        if !self.outage.may_call() {
+            // Nothing was sent: the slot still says what is owed, for the
+            // heartbeat to settle once the backend answers.
+            return Err(self.outage.refusal(if matches!(needed, Needed::Release) { "leave" } else { "join" }));
+        }
         let epoch = topic.epoch();
         let outcome = match &needed {
             Needed::Assert(data) => self
@@ -103,6 +140,7 @@ impl Inner {
                 .map(HoldOutcome::Asserted),
             Needed::Release => self.backend.leave(&topic.name, key).await.map(HoldOutcome::Released),
         };
+        self.outage.observe(&outcome);
         self.record(topic, key, slot, needed, outcome)
     }
 
@@ -197,8 +235,8 @@ impl Inner {
         // A second pass only follows a join refused because the topic was cleared.
         for _ in 0..2 {
             let topic = self.topic(name);
-            let Some(slot) = topic.slot(&key) else { continue };
-            let mut slot = slot.lock().await;
+            let Some(user) = topic.slot(&key) else { continue };
+            let mut slot = user.lock().await;
             if slot.has(conn) {
                 return Ok(());
             }
@@ -225,6 +263,7 @@ impl Inner {
                 }
                 Ok(Settled::Cleared) => {
                     drop(slot);
+                    drop(user);
                     self.clear_local(name);
                 }
                 Err(e) if e.outcome_unknown() => return Err(Error::Deferred(e)),
@@ -235,6 +274,7 @@ impl Inner {
                     }
                     self.forget_join(conn, name);
                     drop(slot);
+                    drop(user);
                     topic.forget_slot(&key);
                     drop(topic);
                     self.forget_topic_if_idle(name);
@@ -278,12 +318,12 @@ impl Inner {
             return Ok(());
         };
         let topic = lock(&self.topics).get(name).cloned();
-        let slot = topic.as_ref().and_then(|t| t.existing_slot(&key));
-        let (Some(topic), Some(slot)) = (topic, slot) else {
+        let user = topic.as_ref().and_then(|t| t.existing_slot(&key));
+        let (Some(topic), Some(user)) = (topic, user) else {
             self.forget_join(conn, name);
             return Ok(());
         };
-        let mut slot = slot.lock().await;
+        let mut slot = user.lock().await;
         if !slot.remove(conn) {
             return Ok(());
         }
@@ -297,7 +337,10 @@ impl Inner {
         }
         // Releases the hold, or restores the newest remaining tab's data.
         let result = self.reconcile(&topic, &key, &mut slot).await;
+        // The slot goes with its last connection (and the topic with its
+        // last slot) only once nothing holds it: guard and handle both.
         drop(slot);
+        drop(user);
         if matches!(result, Ok(Settled::Cleared)) {
             self.clear_local(name);
             return Ok(());
@@ -306,6 +349,19 @@ impl Inner {
         drop(topic);
         self.forget_topic_if_idle(name);
         result.map(|_| ()).map_err(Error::from)
+    }
+
+    /// Take the slot's connections that were never listed out of the topic
+    /// (their kept join was refused) and tell the platform.
+    pub(super) fn refuse_unlisted(&self, topic: &Topic, slot: &mut Slot, error: &Error) {
+        let (unlisted, listed): (Vec<SlotConn>, Vec<SlotConn>) =
+            std::mem::take(&mut slot.conns).into_iter().partition(|c| !c.listed);
+        slot.conns = listed;
+        for refused in unlisted {
+            topic.lock().connections -= 1;
+            self.forget_join(refused.conn, &topic.name);
+            self.platform.refused(refused.conn, &topic.name, error);
+        }
     }
 
     pub(super) fn forget_join(&self, conn: ConnId, topic: &str) {
@@ -318,6 +374,9 @@ impl Inner {
         }
     }
 
+    /// The connection observes the topic: it gets the list, then the
+    /// topic's events. If the backend cannot be reached to seed the topic,
+    /// the observer is kept ([`Error::Deferred`]) and listed once it can.
     pub(super) async fn sync(&self, conn: ConnId, name: &str) -> Result<(), Error> {
         self.check(name)?;
         if name.starts_with("__") {
@@ -326,20 +385,31 @@ impl Inner {
         self.check_topic_caps(conn, name)?;
         for _ in 0..2 {
             let topic = self.topic(name);
-            if let Err(e) = self.ready(&topic).await {
-                drop(topic);
-                self.forget_topic_if_idle(name);
-                return Err(e.into());
+            {
+                let mut state = topic.lock();
+                if state.detached {
+                    continue;
+                }
+                state.observers.insert(conn);
+                lock(&self.conns).entry(conn).or_default().observing.insert(name.to_owned());
+                if topic.ready.initialized() {
+                    self.platform.subscribe(conn, &presence_topic(name));
+                    self.send_list(conn, name, &state);
+                    return Ok(());
+                }
+                // Listed by whoever seeds the topic: this call, another one,
+                // or the heartbeat once the backend answers.
+                state.unlisted_observers.insert(conn);
             }
-            let mut state = topic.lock();
-            if state.detached {
-                continue;
-            }
-            state.observers.insert(conn);
-            lock(&self.conns).entry(conn).or_default().observing.insert(name.to_owned());
-            self.platform.subscribe(conn, &presence_topic(name));
-            self.send_list(conn, name, &state);
-            return Ok(());
+            return match self.ready(&topic).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.outcome_unknown() => Err(Error::Deferred(e)),
+                Err(e) => {
+                    drop(topic);
+                    self.unobserve(conn, name);
+                    Err(e.into())
+                }
+            };
         }
         Ok(())
     }
@@ -360,6 +430,7 @@ impl Inner {
         if let Some(topic) = lock(&self.topics).get(name).cloned() {
             let mut state = topic.lock();
             state.observers.remove(&conn);
+            state.unlisted_observers.remove(&conn);
             let mut conns = lock(&self.conns);
             let joined = conns.get(&conn).is_some_and(|c| c.joined.contains_key(name));
             if !joined {
@@ -375,16 +446,46 @@ impl Inner {
         self.forget_topic_if_idle(name);
     }
 
-    /// Stop watching a topic nothing local uses any more.
+    /// A topic nothing local uses any more lingers for a moment (watched,
+    /// its replica kept) before it is forgotten; one that was never seeded
+    /// is forgotten at once.
     pub(super) fn forget_topic_if_idle(&self, name: &str) {
         let mut topics = lock(&self.topics);
-        if let Some(topic) = topics.get(name) {
-            if Arc::strong_count(topic) == 1 && topic.is_idle() {
-                topics.remove(name);
-                // Sent under the map lock: a later watch of the same topic is
-                // queued after this unwatch.
-                self.backend.unwatch(name);
-            }
+        let Some(topic) = topics.get(name) else { return };
+        if Arc::strong_count(topic) != 1 || !topic.is_idle() {
+            return;
+        }
+        let mut lingering = lock(&self.lingering);
+        if lingering.contains(name) {
+            return;
+        }
+        let gone = match topic.ready.initialized() {
+            true => lingering.start(name),
+            false => vec![name.to_owned()],
+        };
+        drop(lingering);
+        for name in gone {
+            self.forget_topic(&mut topics, &name);
+        }
+    }
+
+    /// Forget the lingering topics whose moment is over.
+    pub(super) fn forget_lingering(&self) {
+        let mut topics = lock(&self.topics);
+        let expired = lock(&self.lingering).expired();
+        for name in expired {
+            self.forget_topic(&mut topics, &name);
+        }
+    }
+
+    /// Drop an idle topic and stop watching it; one that was used again in
+    /// the meantime stays.
+    fn forget_topic(&self, topics: &mut std::collections::HashMap<String, Arc<Topic>>, name: &str) {
+        if topics.get(name).is_some_and(|t| Arc::strong_count(t) == 1 && t.is_idle()) {
+            topics.remove(name);
+            // Sent under the map lock: a later watch of the same topic is
+            // queued after this unwatch.
+            self.backend.unwatch(name);
         }
     }
 
@@ -396,6 +497,7 @@ impl Inner {
             let Some(topic) = topics.remove(name) else {
                 return;
             };
+            lock(&self.lingering).stop(name);
             self.backend.unwatch(name);
             topic
         };
@@ -403,6 +505,7 @@ impl Inner {
         state.detached = true;
         state.slots.clear();
         let observers = std::mem::take(&mut state.observers);
+        state.unlisted_observers.clear();
         let presence = presence_topic(name);
         let mut conns = lock(&self.conns);
         conns.retain(|conn, entry| {

@@ -12,6 +12,8 @@
 //! - `heartbeat`: refresh, settle, replica repair, heartbeat envelopes;
 //! - `upkeep`: which topics a tick also verifies and renews;
 //! - `events`: the backend's events into replicas, and resyncs;
+//! - `outage`: a breaker that keeps joins and leaves while the backend does
+//!   not answer, and wakes the heartbeat when it does again;
 //! - `supervisor`: background tasks restarted after a panic, and health;
 //! - `topic` and `replica`: what one instance keeps per topic;
 //! - `hooks`, `options`, `select`, `envelope`, `platform`, `error`.
@@ -27,8 +29,10 @@ mod events;
 mod finish;
 mod heartbeat;
 mod hooks;
+mod linger;
 mod membership;
 mod options;
+mod outage;
 mod platform;
 mod replica;
 pub mod select;
@@ -53,6 +57,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use supervisor::Supervisor;
 use tokio::sync::Notify;
 use topic::{ConnTopics, Topic, TopicState};
@@ -207,7 +212,10 @@ pub(crate) struct Inner {
     backend: Arc<dyn Backend>,
     platform: Arc<dyn Platform>,
     options: Options,
+    /// Topics with local interest, and lingering ones (see `linger`).
     topics: Mutex<HashMap<String, Arc<Topic>>>,
+    /// Which of `topics` nothing local uses any more. Locked after `topics`.
+    lingering: Mutex<linger::Linger>,
     conns: Mutex<HashMap<ConnId, ConnTopics>>,
     destroyed: AtomicBool,
     /// Set when the backend's event stream (or one topic's) was interrupted;
@@ -224,6 +232,8 @@ pub(crate) struct Inner {
     /// Heartbeat ticks so far, and which topics each one verifies and renews.
     ticks: std::sync::atomic::AtomicU64,
     upkeep: upkeep::Upkeep,
+    /// Whether the backend answers, as the engine's calls see it.
+    outage: outage::Outage,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -243,12 +253,16 @@ impl Presence {
         let counts_wanted = Arc::new(Notify::new());
         let count_rules = counting::CountRules::new(options.count_only.clone());
         let upkeep = upkeep::Upkeep::new(options.heartbeat, options.ttl);
+        // Long enough for a subscribe/unsubscribe loop, short enough that an
+        // idle topic's watch and replica go soon (at the heartbeat after).
+        let lingering = linger::Linger::new(options.heartbeat.clamp(Duration::from_secs(1), Duration::from_secs(5)));
         let inner = Arc::new(Inner {
             stats: Counters::default(),
             backend,
             platform,
             options,
             topics: Mutex::default(),
+            lingering: Mutex::new(lingering),
             conns: Mutex::default(),
             destroyed: AtomicBool::new(false),
             resync_wanted: resync_wanted.clone(),
@@ -258,6 +272,7 @@ impl Presence {
             counts_wanted: counts_wanted.clone(),
             ticks: Default::default(),
             upkeep,
+            outage: Default::default(),
         });
         let supervisor = Arc::new(Supervisor::default());
         let events: events::Events = Arc::new(tokio::sync::Mutex::new(events));
@@ -316,7 +331,10 @@ impl Presence {
         if !health.is_ok() {
             return Some(format!("engine task down: {}", health.down.join(", ")));
         }
-        self.inner.backend.degraded()
+        self.inner.backend.degraded().or_else(|| {
+            let down = self.inner.outage.is_down();
+            down.then(|| "the backend does not answer: joins and leaves are kept until it does".into())
+        })
     }
 
     /// True while the backend's event stream was interrupted and the replicas
@@ -332,9 +350,16 @@ impl Presence {
         lock(&self.inner.conns).len()
     }
 
-    /// Topics this instance has local interest in.
+    /// Topics this instance has local interest in (not counting the idle
+    /// ones that linger for a moment, still watched).
     pub fn local_topics(&self) -> usize {
-        lock(&self.inner.topics).len()
+        let topics = lock(&self.inner.topics);
+        topics.len() - lock(&self.inner.lingering).len()
+    }
+
+    /// Idle topics kept watched for a moment, in case they are used again.
+    pub fn lingering_topics(&self) -> usize {
+        lock(&self.inner.lingering).len()
     }
 
     /// The options it runs with.
@@ -349,10 +374,29 @@ impl Presence {
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: Send + 'static,
     {
+        self.detached_or(op, |_, _| {}).await
+    }
+
+    /// [`Presence::detached`], and if the caller gave up before a refusal
+    /// came back, `unheard` is told of it (nobody else will be).
+    async fn detached_or<T, F>(
+        &self,
+        op: impl FnOnce(Arc<Inner>) -> F,
+        unheard: impl FnOnce(&Inner, Error) + Send + 'static,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let op = op(self.inner.clone());
+        let inner = self.inner.clone();
+        let op = op(inner.clone());
         finish::Finish::new(async move {
-            let _ = tx.send(op.await);
+            if let Err(Err(refused)) = tx.send(op.await) {
+                if !matches!(refused, Error::Deferred(_)) {
+                    unheard(&inner, refused);
+                }
+            }
         })
         .await;
         rx.await.unwrap_or(Err(Error::Destroyed))
@@ -368,8 +412,15 @@ impl Presence {
     /// returned and the join is kept: the heartbeat makes it once the backend
     /// answers, and the connection then gets its `list`.
     pub async fn join(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
-        let topic = topic.to_owned();
-        self.detached(move |inner| async move { inner.join(conn, &topic).await }).await
+        let name = topic.to_owned();
+        let topic = name.clone();
+        // A caller that stopped waiting (a plugin hook out of time) has told
+        // its client nothing final: the platform hears of a late refusal.
+        self.detached_or(
+            move |inner| async move { inner.join(conn, &topic).await },
+            move |inner, refused| inner.platform.refused(conn, &name, &refused),
+        )
+        .await
     }
 
     /// Remove a connection from one topic. Unknown connections and topics
@@ -388,7 +439,9 @@ impl Presence {
     }
 
     /// Send the topic's `list` to a connection without joining; it then
-    /// receives the topic's events.
+    /// receives the topic's events. If the backend cannot be reached now,
+    /// [`Error::Deferred`] is returned and the connection is kept as an
+    /// observer: it gets the list once the backend answers.
     pub async fn sync(&self, conn: ConnId, topic: &str) -> Result<(), Error> {
         let topic = topic.to_owned();
         self.detached(move |inner| async move { inner.sync(conn, &topic).await }).await

@@ -118,6 +118,8 @@ impl Options {
     /// Refuse nonsense (an empty key, `ttl` not above `heartbeat`, a zero
     /// cap), naming the option.
     pub fn validate(&self) -> Result<(), Error> {
+        const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+        const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
         let invalid = |name, reason: &str| Err(Error::InvalidOption { name, reason: reason.into() });
         if self.key.is_empty() {
             return invalid("key", "must name a field");
@@ -127,6 +129,20 @@ impl Options {
         }
         if self.ttl.is_zero() {
             return invalid("ttl", "must be greater than 0 s");
+        }
+        // Beyond these, expiries overflow the scripts' millisecond clock
+        // arithmetic and the backstop (ten ttls) means nothing.
+        if self.heartbeat > MAX_HEARTBEAT {
+            return Err(Error::InvalidOption {
+                name: "heartbeat",
+                reason: format!("{:?} is longer than the most allowed, {MAX_HEARTBEAT:?}", self.heartbeat),
+            });
+        }
+        if self.ttl > MAX_TTL {
+            return Err(Error::InvalidOption {
+                name: "ttl",
+                reason: format!("{:?} is longer than the most allowed, {MAX_TTL:?}", self.ttl),
+            });
         }
         if self.ttl <= self.heartbeat {
             return Err(Error::InvalidOption {

@@ -106,6 +106,15 @@ pub trait Platform: Send + Sync + 'static {
     fn publish_list(&self, topic: &str, members: &Members<'_>) {
         self.publish(&super::presence_topic(topic), &Envelope::list(topic, members.list_json().to_owned()));
     }
+    /// A join that was kept while the backend could not answer, and that the
+    /// backend then refused (the topic filled up meanwhile), or one whose
+    /// caller stopped waiting before it was refused: the connection is not
+    /// in the topic, and nobody has told its client. The default does
+    /// nothing; [`crate::Hub`] closes the connection with 1013 (try again
+    /// later), so the client reconnects and hears the refusal then.
+    fn refused(&self, conn: ConnId, topic: &str, error: &super::Error) {
+        let _ = (conn, topic, error);
+    }
     /// False once the connection is gone; the heartbeat leaves such connections.
     fn is_open(&self, conn: ConnId) -> bool {
         let _ = conn;
@@ -139,6 +148,13 @@ impl<'a> Members<'a> {
     /// `{"<key>":<data>,…}`: the data of a current `presence_state` event.
     pub fn map_json(&self) -> &'a str {
         self.replica.map_or("{}", Replica::map_json)
+    }
+
+    /// Which version of the members these are: another value for every
+    /// change, never reused (0: no members, as a count-only topic shows), so
+    /// a platform can share one frame per version.
+    pub fn version(&self) -> u64 {
+        self.replica.map_or(0, Replica::version)
     }
 
     /// How many members there are.

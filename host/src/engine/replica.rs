@@ -39,6 +39,16 @@ pub(crate) struct Replica {
     list: OnceCell<String>,
     /// The members as a JSON map (`{key: data,…}`), while it is known to be current.
     map: OnceCell<String>,
+    /// Which version of the members this is (see [`Replica::version`]).
+    version: u64,
+}
+
+/// Versions of members, over every replica of the process: a topic
+/// forgotten and made again never reuses one.
+static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 struct Entry {
@@ -96,8 +106,14 @@ impl Replica {
         }
     }
 
+    /// The members' version: changed by every change that clients see.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// A member joined: add it to the encodings that are built.
     fn append_encoded(&mut self, key: &str) {
+        self.version = next_version();
         let Some(entry) = self.entries.get(key) else { return };
         if let Some(list) = self.list.get_mut() {
             append(list, &entry.member);
@@ -108,6 +124,7 @@ impl Replica {
     }
 
     fn drop_encoded(&mut self) {
+        self.version = next_version();
         self.list.take();
         self.map.take();
     }

@@ -2,8 +2,9 @@
 //! local connections of each user (a *slot*), the observers, and the epoch.
 //!
 //! Lock order, everywhere in the engine: a slot's async lock, then the topic
-//! map, then a topic's `state`, then the connection map. No std lock is held
-//! across an `.await`.
+//! map, then a topic's `state`, then the connection map; the set of
+//! lingering topics is taken after the topic map, never with a topic's
+//! `state` held. No std lock is held across an `.await`.
 
 use super::counting::Counting;
 use super::replica::Replica;
@@ -29,6 +30,9 @@ pub(crate) struct TopicState {
     /// reach the backend, while different users proceed in parallel.
     pub slots: HashMap<String, Arc<AsyncMutex<Slot>>>,
     pub observers: HashSet<ConnId>,
+    /// Observers not sent the list yet: their `sync` met a backend that could
+    /// not seed the topic, and they are listed once it is seeded.
+    pub unlisted_observers: HashSet<ConnId>,
     /// Removed from the engine by a clear: nothing may be registered here.
     pub detached: bool,
     /// Whether subscribers get counts instead of members.
@@ -43,6 +47,45 @@ pub(crate) struct TopicState {
     pub behind_at: Option<u64>,
     /// The next tick verifies the topic whatever its schedule (see `upkeep`).
     pub verify_due: bool,
+    /// What the backend's event stream brought of the topic.
+    pub heard: Heard,
+}
+
+/// What an instance heard of one topic's events through the backend's event
+/// stream (its own included), apart from what its own calls' replies said:
+/// a silent stream (a subscription lost) or a gap in it (an event lost)
+/// shows here even when the replica looks right.
+#[derive(Default, Debug)]
+pub(crate) struct Heard {
+    /// The last event's sequence number since the topic was last read.
+    last: Option<u64>,
+    /// The newest sequence number heard, or read by a snapshot.
+    pub high: u64,
+}
+
+impl Heard {
+    /// An event arrived; false when the one before it (`previous`, as the
+    /// store numbered it) is not the last one heard: events were lost. A
+    /// store that lost its data numbers afresh (`previous` 0): the chain
+    /// starts again, and the heartbeat's recovery, which re-asserts every
+    /// holder, owns that case (a read in the middle of it would show users
+    /// leaving and joining again).
+    pub fn event(&mut self, seq: u64, previous: Option<u64>) -> bool {
+        let chained = match (self.last, previous) {
+            (_, Some(0)) => true,
+            (Some(last), Some(previous)) => previous == last || seq <= last,
+            _ => true,
+        };
+        self.last = Some(self.last.map_or(seq, |last| last.max(seq)));
+        self.high = self.high.max(seq);
+        chained
+    }
+
+    /// The topic was read (a snapshot at `seq`): the chain starts again.
+    pub fn read(&mut self, seq: u64) {
+        self.last = None;
+        self.high = self.high.max(seq);
+    }
 }
 
 /// One local connection of a user.
@@ -185,5 +228,61 @@ pub(crate) struct ConnTopics {
 impl ConnTopics {
     pub fn is_empty(&self) -> bool {
         self.joined.is_empty() && self.observing.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(conns: &[&str], remote: Remote, shown: Option<&str>) -> Slot {
+        Slot {
+            conns: conns
+                .iter()
+                .enumerate()
+                .map(|(i, data)| SlotConn { conn: ConnId::new(i as u64), data: (*data).to_owned(), listed: true })
+                .collect(),
+            remote,
+            shown: shown.map(str::to_owned),
+        }
+    }
+
+    /// The one decision behind every transition, case by case: the newest
+    /// connection's data is asserted unless the store shows exactly it; with
+    /// no connection left, a hold that may exist is released.
+    #[test]
+    fn what_the_store_must_be_told() {
+        let assert = |data: &str| Some(Needed::Assert(data.to_owned()));
+        let cases: [(Slot, Option<Needed>); 9] = [
+            (slot(&[], Remote::Absent, None), None),
+            (slot(&[], Remote::Held, Some("a")), Some(Needed::Release)),
+            (slot(&[], Remote::Unknown, None), Some(Needed::Release)),
+            (slot(&["a"], Remote::Absent, None), assert("a")),
+            (slot(&["a"], Remote::Held, Some("a")), None),
+            (slot(&["a"], Remote::Held, Some("b")), assert("a")),
+            (slot(&["a"], Remote::Unknown, Some("a")), assert("a")),
+            (slot(&["a", "b"], Remote::Held, Some("a")), assert("b")),
+            (slot(&["a", "b"], Remote::Held, Some("b")), None),
+        ];
+        for (i, (slot, needed)) in cases.into_iter().enumerate() {
+            assert_eq!(slot.needed(), needed, "case {i}");
+        }
+    }
+
+    /// A gap in the numbers an event stream brings is a lost event; the
+    /// chain starts again after each read of the topic.
+    #[test]
+    fn a_lost_event_shows_as_a_gap() {
+        let mut heard = Heard::default();
+        assert!(heard.event(10, Some(5)), "the first event after a read starts the chain");
+        assert!(heard.event(11, Some(10)));
+        assert!(!heard.event(13, Some(12)), "12 never came");
+        assert!(heard.event(14, Some(13)));
+        assert!(heard.event(15, None), "a store that cannot lose events gives no previous number");
+        assert!(heard.event(90, Some(0)), "a store that lost its data numbers afresh: not a gap");
+        assert!(heard.event(91, Some(90)));
+        heard.read(100);
+        assert!(heard.event(102, Some(101)), "chain restarted by the read");
+        assert_eq!(heard.high, 102);
     }
 }

@@ -49,11 +49,40 @@ impl GuestState {
     }
 }
 
+/// A join or sync a guest asked for, waited on for at most `budget`: past
+/// it, the operation goes on by itself (made when the backend answers; a
+/// join refused late closes the connection, which retries) and the guest is
+/// told it is kept, so its hook answers within its deadline instead of
+/// being stopped while the engine goes on with the join.
+async fn kept_after(
+    budget: Duration,
+    conn: ConnId,
+    topic: &str,
+    op: impl Future<Output = Result<(), crate::Error>>,
+) -> Result<(), String> {
+    let result = tokio::time::timeout(budget, op).await.unwrap_or_else(|_| {
+        tracing::debug!(%conn, topic, "a hook's presence call is still waiting on the backend; kept");
+        Ok(())
+    });
+    deferred_is_done(result, conn, topic).map_err(|e| e.to_string())
+}
+
+impl GuestState {
+    /// Three quarters of what is left of the call's deadline: what a host
+    /// call that waits on the backend may take.
+    fn wait_budget(&self) -> Duration {
+        let left =
+            self.deadline_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(std::time::Instant::now()));
+        left - left / 4
+    }
+}
+
 impl presence::Host for GuestState {
     async fn join(&mut self, conn: u64, topic: String) -> HostResult<()> {
         let conn = ConnId::new(conn);
+        let budget = self.wait_budget();
         self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
-            deferred_is_done(p.join(conn, &topic).await, conn, &topic).map_err(|e| e.to_string())
+            kept_after(budget, conn, &topic, p.join(conn, &topic)).await
         })
         .await
     }
@@ -72,8 +101,9 @@ impl presence::Host for GuestState {
 
     async fn sync(&mut self, conn: u64, topic: String) -> HostResult<()> {
         let conn = ConnId::new(conn);
+        let budget = self.wait_budget();
         self.with_presence(self.check_name("topic", &topic), |p, ()| async move {
-            p.sync(conn, &topic).await.map_err(|e| e.to_string())
+            kept_after(budget, conn, &topic, p.sync(conn, &topic)).await
         })
         .await
     }
@@ -134,11 +164,9 @@ impl presence::Host for GuestState {
 impl log::Host for GuestState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         self.charge()?;
-        if self.log_lines_left == 0 || !self.env.log.admit() {
-            self.env.metrics.dropped_log_lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.admit_line() {
             return Ok(());
         }
-        self.log_lines_left -= 1;
         let message = super::single_line(&message, super::state::MAX_LINE);
         match level {
             log::Level::Debug => tracing::debug!(target: "plugin", "{message}"),
