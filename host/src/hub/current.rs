@@ -26,7 +26,9 @@ struct Member<'a> {
 pub(super) struct Diff {
     joins: HashMap<String, String>,
     leaves: HashMap<String, String>,
-    pub held_states: Vec<(crate::ConnId, super::Frame)>,
+    /// Joiners' states held for this diff: (connection, the shared state,
+    /// the changes since it was built).
+    pub held_states: Vec<(crate::ConnId, super::Frame, Option<super::Frame>)>,
 }
 
 impl Diff {
@@ -54,6 +56,11 @@ impl Diff {
         self.joins.is_empty() && self.leaves.is_empty()
     }
 
+    /// Keys it changes.
+    pub fn len(&self) -> usize {
+        self.joins.len() + self.leaves.len()
+    }
+
     /// `{"joins":{…},"leaves":{…}}`
     fn data_json(&self) -> String {
         let mut json = String::from(r#"{"joins":"#);
@@ -67,6 +74,44 @@ impl Diff {
     /// The whole `presence_diff` frame for `presence_topic` (`__presence:T`).
     pub fn frame(&self, presence_topic: &str, seq: u64) -> super::Frame {
         event_frame(presence_topic, "presence_diff", &self.data_json(), seq)
+    }
+}
+
+/// One topic's `presence_state` as current joiners get it: built once and
+/// shared by every joiner, however many join one after another, with the
+/// changes since it was built (latest per key) sent after it as one small
+/// `presence_diff` — state then changes add up to the topic as it is. So 40
+/// joiners of a room of megabytes hold one copy of it, not 40. Built again
+/// once the changes since are many next to the room.
+pub(super) struct Base {
+    pub frame: super::Frame,
+    since: Diff,
+    /// `since` as a frame, until the next change.
+    since_frame: Option<super::Frame>,
+}
+
+impl Base {
+    pub fn new(frame: super::Frame) -> Self {
+        Self { frame, since: Diff::default(), since_frame: None }
+    }
+
+    /// A change of the topic (after the state was built).
+    pub fn record(&mut self, event: &str, member: &RawValue) {
+        self.since.record(event, member);
+        self.since_frame = None;
+    }
+
+    /// Better built again than sent with its changes, in a room of `members`.
+    pub fn is_stale(&self, members: usize) -> bool {
+        self.since.len() > (members / 8).max(32)
+    }
+
+    /// The changes since the state, as a `presence_diff` (none if there were none).
+    pub fn since_frame(&mut self, presence_topic: &str, seq: u64) -> Option<super::Frame> {
+        if self.since.is_empty() {
+            return None;
+        }
+        Some(self.since_frame.get_or_insert_with(|| self.since.frame(presence_topic, seq)).clone())
     }
 }
 
@@ -98,7 +143,7 @@ pub(super) fn state_frame(presence_topic: &str, members: &crate::engine::Members
 }
 
 /// Several event frames of one flush as one `{"type":"batch","events":[…]}`.
-pub(super) fn batch_frame(frames: &[std::sync::Arc<str>]) -> String {
+pub(super) fn batch_frame(frames: &[super::Frame]) -> String {
     let mut json = String::from(r#"{"type":"batch","events":["#);
     for (i, frame) in frames.iter().enumerate() {
         if i > 0 {

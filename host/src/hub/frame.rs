@@ -1,30 +1,67 @@
-//! Outgoing frames: one shared text per broadcast, and assembling a big one
-//! (a topic's whole member list) with a single copy of its bytes.
+//! Outgoing frames: text built once and shared by every receiver (a
+//! broadcast, or one topic's state sent to many joiners), and handed to the
+//! WebSocket without another copy — a frame is the very buffer axum writes.
 
-use std::mem::MaybeUninit;
-use std::sync::Arc;
+use axum::extract::ws::Utf8Bytes;
 
-/// One outgoing text frame, shared by every receiver of a broadcast.
-pub type Frame = Arc<str>;
+/// One outgoing text frame, shared by every receiver: cloning it is cheap
+/// (a reference count), whatever its size.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Frame(Utf8Bytes);
 
-/// `parts` concatenated into one frame, copying each byte once. Building a
-/// `String` and converting it would copy a 10,000-member list twice per
-/// joiner: the conversion moves the bytes behind the `Arc`'s counters.
-pub(super) fn joined(parts: &[&str]) -> Frame {
-    let len = parts.iter().map(|part| part.len()).sum();
-    let mut bytes: Arc<[MaybeUninit<u8>]> = Arc::new_uninit_slice(len);
-    let slots = Arc::get_mut(&mut bytes).expect("a new Arc has no other owner");
-    let mut at = 0;
-    for part in parts {
-        slots[at..at + part.len()].write_copy_of_slice(part.as_bytes());
-        at += part.len();
+impl Frame {
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
     }
-    debug_assert_eq!(at, len);
-    // SAFETY: the loop wrote all `len` bytes.
-    let bytes: Arc<[u8]> = unsafe { bytes.assume_init() };
-    // SAFETY: the bytes are `&str`s laid end to end, so valid UTF-8, and
-    // `Arc<[u8]>` and `Arc<str>` share one layout (as `Arc<str>::from` uses).
-    unsafe { Arc::from_raw(Arc::into_raw(bytes) as *const str) }
+
+    /// The frame as axum's WebSocket text (no copy).
+    pub fn into_text(self) -> Utf8Bytes {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl From<String> for Frame {
+    /// Takes the string's buffer as it is.
+    fn from(text: String) -> Self {
+        Self(text.into())
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(text: &str) -> Self {
+        Self(text.into())
+    }
+}
+
+impl From<Frame> for Utf8Bytes {
+    fn from(frame: Frame) -> Self {
+        frame.0
+    }
+}
+
+/// `parts` concatenated into one frame, each byte copied once (the string
+/// built here becomes the frame's buffer).
+pub(super) fn joined(parts: &[&str]) -> Frame {
+    let mut text = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        text.push_str(part);
+    }
+    text.into()
 }
 
 #[cfg(test)]
@@ -36,6 +73,9 @@ mod tests {
         assert_eq!(&*joined(&["{\"a\":", "\"é😀\"", "", "}"]), "{\"a\":\"é😀\"}");
         assert_eq!(&*joined(&[]), "");
         let big = "x".repeat(300_000);
-        assert_eq!(joined(&["[", &big, "]"]).len(), 300_002);
+        let frame = joined(&["[", &big, "]"]);
+        assert_eq!(frame.len(), 300_002);
+        // A clone shares the buffer.
+        assert_eq!(frame.clone().as_str().as_ptr(), frame.as_str().as_ptr());
     }
 }

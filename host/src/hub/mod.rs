@@ -69,6 +69,12 @@ struct HubState {
     diffs: HashMap<String, Diff>,
     /// `__presence:T` → sequence number of its last presence frame.
     seqs: HashMap<String, u64>,
+    /// `__presence:T` → the `presence_state` current joiners get, shared,
+    /// with the changes since it was built (see `current::Base`).
+    states: HashMap<String, current::Base>,
+    /// `__presence:T` → the legacy `list` frame of one version of the
+    /// members, shared by every legacy joiner of that version.
+    lists: HashMap<String, (u64, Frame)>,
 }
 
 struct Conn {
@@ -113,13 +119,50 @@ impl HubState {
         ok
     }
 
+    /// Queue a topic's state (outside the byte bound, one per topic).
+    fn deliver_state(&mut self, conn: ConnId, presence_topic: &str, frame: &Frame) -> bool {
+        let ok = self.conns.get(&conn).is_some_and(|c| c.queue.push_state(presence_topic, frame));
+        if !ok {
+            self.remove(conn);
+        }
+        ok
+    }
+
+    /// What a current joiner of `presence_topic` gets now: the topic's shared
+    /// state, and the changes since it was built (built again once those
+    /// are many).
+    fn current_state(&mut self, presence_topic: &str, members: &Members<'_>) -> (Frame, Option<Frame>) {
+        let seq = self.seqs.get(presence_topic).copied().unwrap_or(0);
+        let stale = self.states.get(presence_topic).is_none_or(|base| base.is_stale(members.len()));
+        if stale {
+            let base = current::Base::new(current::state_frame(presence_topic, members, seq));
+            self.states.insert(presence_topic.to_owned(), base);
+        }
+        let base = self.states.get_mut(presence_topic).expect("just made");
+        (base.frame.clone(), base.since_frame(presence_topic, seq))
+    }
+
+    /// The legacy `list` frame of this version of the members.
+    fn legacy_list(&mut self, presence_topic: &str, members: &Members<'_>) -> Frame {
+        if let Some((version, frame)) = self.lists.get(presence_topic) {
+            if *version == members.version() {
+                return frame.clone();
+            }
+        }
+        let frame = legacy_list_frame(presence_topic, members.list_json());
+        self.lists.insert(presence_topic.to_owned(), (members.version(), frame.clone()));
+        frame
+    }
+
     /// A topic nobody here subscribes to any more: forget it, its sequence
-    /// number and any waiting diff, so the hub does not grow with every topic
-    /// it ever served.
+    /// number, any waiting diff and shared states, so the hub does not grow
+    /// with every topic it ever served.
     fn forget_topic(&mut self, topic: &str) {
         self.topics.remove(topic);
         self.seqs.remove(topic);
         self.diffs.remove(topic);
+        self.states.remove(topic);
+        self.lists.remove(topic);
     }
 
     fn is_subscribed(&self, conn: ConnId, topic: &str) -> bool {
@@ -180,11 +223,14 @@ impl Hub {
         let mut state = self.lock();
         let diffs = std::mem::take(&mut state.diffs);
         let mut outgoing: HashMap<ConnId, Vec<Frame>> = HashMap::new();
+        let mut held = Vec::new();
         for (topic, mut diff) in diffs {
-            // Each held-back state ahead of the diff that follows it.
-            for (conn, frame) in std::mem::take(&mut diff.held_states) {
+            // Each held-back state ahead of the diff that follows it, on its
+            // own (shared, so never copied into a batch), with the changes
+            // since that state was built.
+            for (conn, frame, since) in std::mem::take(&mut diff.held_states) {
                 if state.is_subscribed(conn, &topic) {
-                    outgoing.entry(conn).or_default().push(frame);
+                    held.push((conn, topic.clone(), frame, since));
                 }
             }
             if diff.is_empty() {
@@ -199,6 +245,12 @@ impl Hub {
             let frame = diff.frame(&topic, seq);
             for conn in members {
                 outgoing.entry(conn).or_default().push(frame.clone());
+            }
+        }
+        for (conn, topic, frame, since) in held {
+            self.count_state_delivery(&mut state, conn, &topic, &frame);
+            if let Some(since) = since {
+                self.count_delivery(&mut state, conn, &since);
             }
         }
         for (conn, frames) in outgoing {
@@ -219,6 +271,13 @@ impl Hub {
         delivered
     }
 
+    /// Queue a topic's state and count it.
+    fn count_state_delivery(&self, state: &mut HubState, conn: ConnId, presence_topic: &str, frame: &Frame) {
+        if state.deliver_state(conn, presence_topic, frame) {
+            self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Frames queued for connections so far.
     pub fn frames_sent(&self) -> u64 {
         self.frames_sent.load(Ordering::Relaxed)
@@ -227,6 +286,17 @@ impl Hub {
     /// Forget a connection and its subscriptions.
     pub fn disconnect(&self, conn: ConnId) {
         self.lock().remove(conn);
+    }
+
+    /// Close a connection for `reason`: its [`Outbox`] ends after the frames
+    /// already queued, and [`Outbox::close_reason`] says why (whoever serves
+    /// it closes the socket with 1013, which clients retry).
+    pub fn close(&self, conn: ConnId, reason: &str) {
+        let mut state = self.lock();
+        if let Some(entry) = state.conns.get(&conn) {
+            entry.queue.close_with(reason);
+        }
+        state.remove(conn);
     }
 
     /// Queue a raw text frame for one connection (e.g. a protocol error).
@@ -308,16 +378,19 @@ impl Platform for Hub {
         let presence = presence_topic(topic);
         let mut state = self.lock();
         if !state.is_current(conn) {
-            self.count_delivery(&mut state, conn, &legacy_list_frame(&presence, members.list_json()));
+            let frame = state.legacy_list(&presence, members);
+            self.count_state_delivery(&mut state, conn, &presence, &frame);
             return;
         }
-        let seq = state.seqs.get(&presence).copied().unwrap_or(0);
-        let frame = current::state_frame(&presence, members, seq);
+        let (frame, since) = state.current_state(&presence, members);
         let subscribed = state.is_subscribed(conn, &presence);
         match state.diffs.get_mut(&presence).filter(|diff| subscribed && !diff.is_empty()) {
-            Some(diff) => diff.held_states.push((conn, frame)),
+            Some(diff) => diff.held_states.push((conn, frame, since)),
             None => {
-                self.count_delivery(&mut state, conn, &frame);
+                self.count_state_delivery(&mut state, conn, &presence, &frame);
+                if let Some(since) = since {
+                    self.count_delivery(&mut state, conn, &since);
+                }
             }
         }
     }
@@ -331,19 +404,21 @@ impl Platform for Hub {
         let Some(subscribers) = state.topics.get(&presence) else { return };
         let (current, legacy): (Vec<ConnId>, Vec<ConnId>) =
             subscribers.iter().copied().partition(|c| state.is_current(*c));
+        // What current joiners got so far is superseded too.
+        state.states.remove(&presence);
         if !current.is_empty() {
             // This state supersedes the waiting diff and the states held for it.
             state.diffs.remove(&presence);
             let seq = state.next_seq(&presence);
             let frame = current::state_frame(&presence, members, seq);
             for conn in current {
-                self.count_delivery(&mut state, conn, &frame);
+                self.count_state_delivery(&mut state, conn, &presence, &frame);
             }
         }
         if !legacy.is_empty() {
-            let frame = legacy_list_frame(&presence, members.list_json());
+            let frame = state.legacy_list(&presence, members);
             for conn in legacy {
-                self.count_delivery(&mut state, conn, &frame);
+                self.count_state_delivery(&mut state, conn, &presence, &frame);
             }
         }
     }
@@ -357,13 +432,21 @@ impl Platform for Hub {
     /// topic's next `presence_diff`; everything else reaches all as it is.
     fn publish(&self, topic: &str, envelope: &Envelope) {
         let mut state = self.lock();
-        let Some(members) = state.topics.get(topic) else {
-            return;
-        };
         let change =
             topic.starts_with(PRESENCE_PREFIX) && matches!(envelope.event.as_str(), "join" | "leave" | "updated");
+        let Some(members) = state.topics.get(topic) else {
+            if change {
+                state.states.remove(topic);
+            }
+            return;
+        };
         let (current, legacy): (Vec<ConnId>, Vec<ConnId>) =
             members.iter().copied().partition(|c| change && state.is_current(*c));
+        if change {
+            if let Some(base) = state.states.get_mut(topic) {
+                base.record(&envelope.event, &envelope.data);
+            }
+        }
         if !current.is_empty() {
             state.diffs.entry(topic.to_owned()).or_default().record(&envelope.event, &envelope.data);
             self.diffs_waiting.notify_one();
@@ -371,7 +454,7 @@ impl Platform for Hub {
         if legacy.is_empty() {
             return;
         }
-        let frame: Frame = envelope.to_json().into();
+        let frame = Frame::from(envelope.to_json());
         for conn in legacy {
             self.count_delivery(&mut state, conn, &frame);
         }
@@ -380,12 +463,19 @@ impl Platform for Hub {
     fn is_open(&self, conn: ConnId) -> bool {
         self.lock().conns.contains_key(&conn)
     }
+
+    /// A kept join the store refused later: the client is told by a close
+    /// it retries (1013), and hears the refusal on its next subscribe.
+    fn refused(&self, conn: ConnId, topic: &str, error: &crate::Error) {
+        tracing::info!(%conn, topic, %error, "a kept join was refused; closing the connection so it retries");
+        self.close(conn, &format!("subscribe to {topic:?} refused: {error}"));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     /// A connection that does not drain its queue is cut off once the queue
     /// is full; the others keep receiving.
@@ -418,8 +508,9 @@ mod tests {
     }
 
     /// A current subscriber that joins while a diff is waiting gets its
-    /// state with that diff, state first, in one flush (one batch frame when
-    /// it asked for batches); with no diff waiting, the state goes at once.
+    /// state with that diff, state first, in one flush; joiners of one diff
+    /// window share one state frame; with no diff waiting, the state goes at
+    /// once.
     #[test]
     fn a_state_goes_out_with_the_waiting_diff() {
         let hub = Hub::new();
@@ -443,14 +534,19 @@ mod tests {
         }
         assert!(bob_rx.try_recv().is_none() && cy_rx.try_recv().is_none(), "held for the diff");
         hub.flush_diffs();
+        // The state ada's join built (shared), the change since it (bob's
+        // join), then the waiting diff.
         let bob_frames: Vec<Frame> = std::iter::from_fn(|| bob_rx.try_recv()).collect();
-        assert_eq!(bob_frames.len(), 2);
-        assert!(bob_frames[0].contains("presence_state") && bob_frames[1].contains("presence_diff"));
-        let cy_frame: Value = serde_json::from_str(&cy_rx.try_recv().unwrap()).unwrap();
-        assert!(cy_rx.try_recv().is_none());
-        let events: Vec<&str> =
-            cy_frame["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
-        assert_eq!(events, ["presence_state", "presence_diff"]);
+        assert_eq!(bob_frames.len(), 3);
+        assert!(bob_frames[0].contains("presence_state") && !bob_frames[0].contains("bob"));
+        assert!(bob_frames[1].contains("presence_diff") && bob_frames[1].contains("bob"));
+        assert!(bob_frames[2].contains("presence_diff"));
+        // A batch client too gets the state on its own (the very frame bob
+        // got: shared, never copied into a batch), then the diffs.
+        let cy_frames: Vec<Frame> = std::iter::from_fn(|| cy_rx.try_recv()).collect();
+        assert_eq!(cy_frames.len(), 3);
+        assert_eq!(cy_frames[0].as_str().as_ptr(), bob_frames[0].as_str().as_ptr(), "one state, shared");
+        assert!(cy_frames[1].contains("presence_diff") && cy_frames[2].contains("presence_diff"));
         assert!(ada_rx.try_recv().is_some_and(|f| f.contains("presence_diff")) && ada_rx.try_recv().is_none());
     }
 
