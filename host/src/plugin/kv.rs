@@ -72,6 +72,20 @@ pub trait PluginKv: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), String>;
 }
 
+/// Longest expiry a guest may set (a year): anything longer is a mistake,
+/// and past what Redis's `PEXPIRE` and the host's clock take.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Reject an expiry over [`MAX_TTL`] before anything is written.
+pub fn check_ttl(ttl: Option<Duration>) -> Result<(), String> {
+    match ttl {
+        Some(ttl) if ttl > MAX_TTL => {
+            Err(format!("kv ttl-ms is {}, over the limit of {} (a year)", ttl.as_millis(), MAX_TTL.as_millis()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reject keys and values over the limits, naming the limit.
 pub fn check(key: &str, value: Option<&str>) -> Result<(), String> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
@@ -193,6 +207,7 @@ impl PluginKv for MemoryKv {
 
     async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), String> {
         check(key, Some(value))?;
+        check_ttl(ttl)?;
         let now = Instant::now();
         let entry = Entry { value: value.to_owned(), expiry: ttl.map(|t| now + t), size: key.len() + value.len() };
         self.lock().put(&self.quota, key, entry, now)
@@ -200,6 +215,7 @@ impl PluginKv for MemoryKv {
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String> {
         check(key, None)?;
+        check_ttl(ttl)?;
         let now = Instant::now();
         let mut state = self.lock();
         let (current, expiry) = match state.live(key, now) {
@@ -312,6 +328,7 @@ impl PluginKv for RedisKv {
 
     async fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), String> {
         check(key, Some(value))?;
+        check_ttl(ttl)?;
         let mut conn = self.conn.clone();
         let mut call = self.call(&SET, key);
         call.arg(key).arg(value).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));
@@ -322,6 +339,7 @@ impl PluginKv for RedisKv {
 
     async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String> {
         check(key, None)?;
+        check_ttl(ttl)?;
         let mut conn = self.conn.clone();
         let mut call = self.call(&INCREMENT, key);
         call.arg(key).arg(delta).arg(ttl.map_or(0, |t| t.as_millis().max(1) as u64));

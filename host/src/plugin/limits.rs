@@ -31,7 +31,10 @@ pub struct Limits {
     pub table_elements: usize,
     /// Instances alive at once, busy or idle, over every plugin version:
     /// plugins take at most `max_instances × memory_bytes` of memory. A call
-    /// that finds none free waits for one within its deadline.
+    /// that finds none free waits for one within its deadline. Hooks (which
+    /// hold their instance while the engine asks `select` of another) may
+    /// run on at most [`Limits::hook_instances`] of them at once, so
+    /// `select`, `authorize` and `authenticate` always find one.
     pub max_instances: usize,
     /// Host calls (presence, kv, log, clock) one guest call may make.
     pub host_calls_per_call: u32,
@@ -73,6 +76,12 @@ impl Limits {
     /// Memories one plugin instance may create.
     pub const MEMORIES: usize = 4;
 
+    /// How many hook calls may run at once: all instances but a quarter
+    /// (at least one) kept for the calls a hook waits on.
+    pub fn hook_instances(&self) -> usize {
+        self.max_instances - (self.max_instances / 4).max(1)
+    }
+
     /// The caps of one store: growing past them traps, creating past them
     /// fails the instantiation.
     pub fn store_limits(&self) -> StoreLimits {
@@ -105,6 +114,12 @@ impl Limits {
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("plugin {name} must be at least 1"));
+        }
+        if self.max_instances < 2 {
+            return Err(format!(
+                "plugin max_instances is {}; use at least 2 (a hook's join asks `select` of a second instance)",
+                self.max_instances
+            ));
         }
         if self.memory_bytes < 1 << 20 {
             return Err(format!("plugin memory_bytes is {}; a guest needs at least 1 MiB", self.memory_bytes));

@@ -52,6 +52,10 @@ pub enum LoadError {
     /// The component failed the call made before it serves.
     #[error("the plugin failed its smoke call: {0}")]
     Smoke(String),
+    /// These very bytes were refused before (for the reason logged then):
+    /// they are not compiled again until the file changes.
+    #[error("the plugin file has not changed since it was refused; change it and it is tried again")]
+    AlreadyRejected,
     /// The host's plugin configuration is wrong.
     #[error("invalid plugin configuration: {0}")]
     Config(String),

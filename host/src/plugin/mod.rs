@@ -74,6 +74,8 @@ impl PluginConfig {
 }
 
 pub(crate) struct Shared {
+    /// Failures logged ([`PluginHost::log_failure`]).
+    failures: LogLimiter,
     engine: Engine,
     linker: Linker<GuestState>,
     env: Arc<HostEnv>,
@@ -81,8 +83,9 @@ pub(crate) struct Shared {
     cache: Option<cache::Cache>,
     current: ArcSwapOption<Loaded>,
     generations: AtomicU64,
-    /// One reload at a time.
-    reloading: tokio::sync::Mutex<()>,
+    /// One reload at a time; the digest of the last bytes refused (they
+    /// are not compiled again).
+    reloading: tokio::sync::Mutex<Option<String>>,
     _ticker: limits::EpochTicker,
 }
 
@@ -107,6 +110,10 @@ pub struct PluginHost {
     shared: Arc<Shared>,
     watcher: Mutex<Option<reload::FileWatcher>>,
 }
+
+/// Failures of plugin calls logged per second, over every call: a guest
+/// that fails on purpose (or a client that makes it) cannot flood the log.
+const FAILURES_LOGGED_PER_SECOND: u64 = 20;
 
 fn engine() -> Result<Engine, LoadError> {
     let mut config = Config::new();
@@ -138,12 +145,14 @@ impl PluginHost {
             metrics: Default::default(),
             log: LogLimiter::new(config.log_lines_per_second),
             instances: Arc::new(tokio::sync::Semaphore::new(config.limits.max_instances)),
+            hooks: Arc::new(tokio::sync::Semaphore::new(config.limits.hook_instances())),
         });
         let cache = match &config.cache_dir {
             Some(dir) => Some(cache::Cache::open(dir, env.metrics.clone())?),
             None => None,
         };
         let shared = Arc::new(Shared {
+            failures: LogLimiter::new(FAILURES_LOGGED_PER_SECOND),
             _ticker: limits::EpochTicker::start(&engine),
             engine,
             linker,
@@ -152,7 +161,7 @@ impl PluginHost {
             cache,
             current: ArcSwapOption::empty(),
             generations: AtomicU64::new(0),
-            reloading: tokio::sync::Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(None),
         });
         shared.reload().await?;
         let host = Self { shared, watcher: Mutex::new(None) };
@@ -176,7 +185,7 @@ impl PluginHost {
 
     /// Which version serves new calls (1 = the first loaded).
     pub fn generation(&self) -> u64 {
-        self.shared.current.load().as_ref().map_or(0, |loaded| loaded.generation)
+        self.shared.current_generation()
     }
 
     /// sha256 of the component that serves new calls.
@@ -222,7 +231,7 @@ impl PluginHost {
     /// went wrong (trap text included) is logged here.
     pub async fn authenticate(&self, request: UpgradeRequest) -> Result<Value, Denial> {
         let unavailable = |what: String| {
-            tracing::warn!(error = %what, "plugin authenticate failed; upgrade refused");
+            self.log_failure("plugin authenticate failed; upgrade refused", None, None, &what);
             Denial { status: 503, reason: "authentication unavailable".into() }
         };
         match self.shared.call(Call::Authenticate(request)).await {
@@ -254,6 +263,27 @@ impl PluginHost {
         action: Action,
     ) -> Result<(), PolicyError> {
         self.unit(Call::Authorize(connection(conn, user_data), topic.to_owned(), action)).await
+    }
+
+    /// Log a plugin call's failure (`what`, for `conn` on `topic`): its text
+    /// (which a guest may shape: a trap message, an error string) becomes one
+    /// escaped line of at most 512 bytes, and at most
+    /// [`FAILURES_LOGGED_PER_SECOND`] such lines a second are logged (the
+    /// rest are counted as dropped log lines).
+    pub fn log_failure(
+        &self,
+        what: &'static str,
+        conn: Option<ConnId>,
+        topic: Option<&str>,
+        error: &dyn std::fmt::Display,
+    ) {
+        if !self.shared.failures.admit() {
+            self.shared.env.metrics.dropped_log_lines.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let error = single_line(&error.to_string(), 512);
+        let topic = topic.map(|t| single_line(t, 128));
+        tracing::warn!(conn = conn.map(|c| c.get()), topic, error, "{what}");
     }
 
     /// The guest's `on-subscribe` hook (the built-in subscribe by default).
@@ -373,29 +403,48 @@ impl Shared {
         Ok(started.elapsed())
     }
 
-    /// Read, prepare (off the async workers), smoke-test, swap.
+    /// The version serving new calls (0: none).
+    fn current_generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |loaded| loaded.generation)
+    }
+
+    /// Read, prepare (off the async workers), smoke-test, swap. Counted: a
+    /// version swapped in is a reload, one refused a rejection; bytes already
+    /// serving, or already refused, are neither.
     async fn reload(self: &Arc<Self>) -> Result<u64, LoadError> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let result = self.prepare_next().await;
+        let mut refused = self.reloading.lock().await;
+        let before = self.current_generation();
+        let result = self.prepare_next(&mut refused).await;
         match &result {
-            Ok(generation) => {
+            Ok(generation) if *generation != before => {
                 self.env.metrics.generation.store(*generation, Ordering::Relaxed);
                 self.env.metrics.reloads.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(_) | Err(LoadError::AlreadyRejected) => {}
             Err(_) => runtime::rejected(&self.env.metrics),
         }
         result
     }
 
-    async fn prepare_next(self: &Arc<Self>) -> Result<u64, LoadError> {
+    async fn prepare_next(self: &Arc<Self>, refused: &mut Option<String>) -> Result<u64, LoadError> {
         let path = self.config.path.clone();
         let bytes = tokio::fs::read(&path).await.map_err(|e| LoadError::Read { path, reason: e.to_string() })?;
-        if let Some(current) = self.current.load().as_ref() {
+        let digest = {
             use sha2::Digest;
-            if format!("{:x}", sha2::Sha256::digest(&bytes)) == current.digest {
-                return Ok(current.generation); // same bytes: nothing to do
-            }
+            format!("{:x}", sha2::Sha256::digest(&bytes))
+        };
+        if let Some(current) = self.current.load().as_ref().filter(|current| current.digest == digest) {
+            return Ok(current.generation); // same bytes: nothing to do
         }
+        if refused.as_ref() == Some(&digest) {
+            return Err(LoadError::AlreadyRejected);
+        }
+        let outcome = self.prepare(bytes).await;
+        *refused = outcome.is_err().then_some(digest);
+        outcome
+    }
+
+    async fn prepare(self: &Arc<Self>, bytes: Vec<u8>) -> Result<u64, LoadError> {
         let this = self.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             loader::prepare(&this.engine, &this.linker, &bytes, this.cache.as_ref())

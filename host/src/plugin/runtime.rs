@@ -153,6 +153,28 @@ impl Loaded {
         let export = call.export();
         let metrics = env.metrics.export(export);
         let deadline = if export.is_hook() { env.limits.hook_deadline } else { env.limits.call_deadline };
+        let arrived = Instant::now();
+        // A hook holds its instance while the engine asks `select` of another:
+        // hooks take at most their share of the instances, so that call always
+        // finds one (a pool full of hooks waiting on each other is a deadlock).
+        let _hook_place = match export.is_hook() {
+            true => match tokio::time::timeout(deadline, env.hooks.clone().acquire_owned()).await {
+                Ok(Ok(place)) => Some(place),
+                _ => {
+                    metrics.timeouts.fetch_add(1, Relaxed);
+                    let limit = env.limits.hook_instances();
+                    return Err(CallError::Busy { export: export.name(), limit, deadline });
+                }
+            },
+            false => None,
+        };
+        // What is left of the deadline bounds the wait for a place, and the
+        // call; a call that waited it all out found no place in time.
+        let left = deadline.saturating_sub(arrived.elapsed());
+        if left.is_zero() {
+            metrics.timeouts.fetch_add(1, Relaxed);
+            return Err(CallError::Busy { export: export.name(), limit: env.limits.hook_instances(), deadline });
+        }
         let pooled = self.idle.lock().unwrap().pop();
         let mut instance = match pooled {
             Some(instance) => instance,
@@ -160,22 +182,24 @@ impl Loaded {
                 // Wait (within the call's deadline) for a place among the
                 // instances allowed to exist.
                 let places = env.instances.clone();
-                let Ok(Ok(place)) = tokio::time::timeout(deadline, places.acquire_owned()).await else {
+                let Ok(Ok(place)) = tokio::time::timeout(left, places.acquire_owned()).await else {
                     metrics.timeouts.fetch_add(1, Relaxed);
                     return Err(CallError::Busy { export: export.name(), limit: env.limits.max_instances, deadline });
                 };
                 self.fresh(engine, env, export, place).await?
             }
         };
+        // A fresh instance's set-up had its own budget: the call gets what
+        // was left when it started waiting.
         let started = Instant::now();
         let run = async {
             instance.store.data_mut().reset_budget();
-            instance.store.data_mut().deadline_at = Some(Instant::now() + deadline);
+            instance.store.data_mut().deadline_at = Some(Instant::now() + left);
             instance.store.set_epoch_deadline(1);
             let reply = invoke(&mut instance, call).await?;
             Ok::<_, wasmtime::Error>((instance, reply))
         };
-        let outcome = tokio::time::timeout(deadline, run).await;
+        let outcome = tokio::time::timeout(left, run).await;
         metrics.observe(started.elapsed());
         match outcome {
             Ok(Ok((instance, reply))) => {

@@ -28,6 +28,8 @@ pub struct HostEnv {
     pub log: LogLimiter,
     /// Places for instances alive at once ([`Limits::max_instances`]).
     pub instances: Arc<tokio::sync::Semaphore>,
+    /// Places for hook calls running at once ([`Limits::hook_instances`]).
+    pub hooks: Arc<tokio::sync::Semaphore>,
 }
 
 impl HostEnv {
@@ -70,22 +72,27 @@ pub struct GuestState {
     pub store_limits: StoreLimits,
     pub env: Arc<HostEnv>,
     pub host_calls_left: u32,
-    pub log_lines_left: u32,
+    /// Log lines the call in progress may still emit, through `log.log` and
+    /// stdout/stderr alike.
+    pub log_lines: LineBudget,
     /// When the call (or instantiation) in progress must stop.
     pub deadline_at: Option<Instant>,
 }
 
 impl GuestState {
     pub fn new(env: Arc<HostEnv>) -> Self {
+        let log_lines = LineBudget::default();
+        log_lines.reset(env.limits.log_lines_per_call);
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestOutput { env: Arc::downgrade(&env), stream: "stdout" });
-        wasi.stderr(GuestOutput { env: Arc::downgrade(&env), stream: "stderr" });
+        let output = |stream| GuestOutput { env: Arc::downgrade(&env), stream, budget: log_lines.clone() };
+        wasi.stdout(output("stdout"));
+        wasi.stderr(output("stderr"));
         Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             store_limits: env.limits.store_limits(),
             host_calls_left: env.limits.host_calls_per_call,
-            log_lines_left: env.limits.log_lines_per_call,
+            log_lines,
             deadline_at: None,
             env,
         }
@@ -94,7 +101,13 @@ impl GuestState {
     /// Start a new call's budget.
     pub fn reset_budget(&mut self) {
         self.host_calls_left = self.env.limits.host_calls_per_call;
-        self.log_lines_left = self.env.limits.log_lines_per_call;
+        self.log_lines.reset(self.env.limits.log_lines_per_call);
+    }
+
+    /// May the call emit one more log line (its budget, then the process's
+    /// rate)? Lines refused are counted.
+    pub fn admit_line(&self) -> bool {
+        admit_line(&self.log_lines, &self.env)
     }
 
     /// Count one host call; a guest over its budget is stopped (trap).
@@ -135,12 +148,38 @@ impl WasiView for GuestState {
     }
 }
 
-/// Guest stdout/stderr: each line becomes a log line (if the rate limit
-/// admits it); writes never fail, so a chatty guest cannot crash on them.
+/// The log lines one call may still emit, shared by the store's `log.log`
+/// import and its stdout/stderr streams.
+#[derive(Clone, Default)]
+pub struct LineBudget(Arc<std::sync::atomic::AtomicU32>);
+
+impl LineBudget {
+    fn reset(&self, lines: u32) {
+        self.0.store(lines, Ordering::Relaxed);
+    }
+
+    /// Take one line; false when none is left.
+    fn take(&self) -> bool {
+        self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok()
+    }
+}
+
+fn admit_line(budget: &LineBudget, env: &HostEnv) -> bool {
+    let admitted = budget.take() && env.log.admit();
+    if !admitted {
+        env.metrics.dropped_log_lines.fetch_add(1, Ordering::Relaxed);
+    }
+    admitted
+}
+
+/// Guest stdout/stderr: each line becomes a log line (if the call's budget
+/// and the rate limit admit it); writes never fail, so a chatty guest cannot
+/// crash on them.
 #[derive(Clone)]
 struct GuestOutput {
     env: Weak<HostEnv>,
     stream: &'static str,
+    budget: LineBudget,
 }
 
 impl IsTerminal for GuestOutput {
@@ -168,10 +207,8 @@ impl LineWriter {
         let line = super::single_line(&String::from_utf8_lossy(&self.line), MAX_LINE);
         self.line.clear();
         if let Some(env) = self.output.env.upgrade() {
-            if env.log.admit() {
+            if admit_line(&self.output.budget, &env) {
                 tracing::info!(target: "plugin", stream = self.output.stream, "{line}");
-            } else {
-                env.metrics.dropped_log_lines.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
