@@ -114,3 +114,32 @@ fn sighup_without_a_plugin_changes_nothing() {
     let response = healthz(port).expect("still serving after SIGHUP");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+/// Absurd durations get a named error, not a panic; a session key file
+/// other users can read is refused (anyone reading it could sign sessions).
+#[test]
+fn absurd_durations_and_exposed_keys_are_refused_by_name() {
+    for (flag, value, other) in [
+        ("--ttl-s", "18446744073709551615", vec![]),
+        ("--heartbeat-ms", "18446744073709551615", vec!["--ttl-s", "18446744073709551615"]),
+    ] {
+        let mut args = vec!["--listen", "127.0.0.1:0", flag, value];
+        args.extend(other);
+        let stderr = refused(&args);
+        assert!(!stderr.contains("panicked"), "{flag} {value}: {stderr}");
+        let name = if flag == "--ttl-s" { "ttl" } else { "heartbeat" };
+        assert!(stderr.contains(name) && stderr.contains("longer than the most allowed"), "{flag}: {stderr}");
+    }
+    let dir = std::env::temp_dir().join(format!("presence-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("session.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = refused(&["--listen", "127.0.0.1:0", "--session-key-file", key.to_str().unwrap()]);
+    assert!(stderr.contains("readable by other users") && stderr.contains("chmod 600"), "{stderr}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let _server = start(&["--listen", &format!("127.0.0.1:{port}"), "--session-key-file", key.to_str().unwrap()], port);
+    let _ = std::fs::remove_dir_all(&dir);
+}

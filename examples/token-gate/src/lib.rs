@@ -75,7 +75,10 @@ impl Plugin for TokenGate {
     fn authenticate(request: UpgradeRequest) -> Result<Json, Denial> {
         let token = token(&request).ok_or_else(|| deny(401, "missing token"))?;
         let payload = verify(&token)?;
-        Ok(json!({ "id": payload["id"], "name": payload["name"], "roles": payload["roles"] }).to_string())
+        // `exp` in seconds: a session cookie from the auth preflight ends
+        // with the token (the host reads it from the user data).
+        let exp = payload["exp"].as_u64().map(|ms| ms / 1000);
+        Ok(json!({ "id": payload["id"], "name": payload["name"], "roles": payload["roles"], "exp": exp }).to_string())
     }
 
     fn authorize(conn: Connection, topic: String, action: Action) -> Result<(), String> {

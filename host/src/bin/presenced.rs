@@ -43,8 +43,9 @@ struct Cli {
     /// any one of its nodes (found out at startup).
     #[arg(long, env = "PRESENCE_REDIS")]
     redis: Option<String>,
-    /// PEM file of the CA(s) to trust for `rediss://`, besides the system's
-    /// (a managed service's or your own private CA).
+    /// PEM file of the CA(s) to trust for `rediss://` (a managed service's
+    /// or your own private CA). It replaces the system's roots: list every
+    /// CA the server's certificate may chain to.
     #[arg(long, env = "PRESENCE_REDIS_CA_FILE")]
     redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key and channel.
@@ -150,11 +151,22 @@ struct Cli {
     /// clients, in milliseconds (0: as soon as possible).
     #[arg(long, env = "PRESENCE_DIFF_WINDOW_MS", default_value_t = 5)]
     diff_window_ms: u64,
-    /// File holding the key (32+ bytes) that signs auth-preflight session
-    /// cookies; give every instance the same file. Default: a random key
-    /// per process.
-    #[arg(long, env = "PRESENCE_SESSION_KEY_FILE")]
-    session_key_file: Option<PathBuf>,
+    /// File holding a key (32+ bytes) for auth-preflight session cookies;
+    /// give every instance the same files. Repeat (or separate with commas)
+    /// to rotate: the first signs, every one verifies. The file must not be
+    /// readable by other users. Default: a random key per process.
+    #[arg(long, env = "PRESENCE_SESSION_KEY_FILE", value_delimiter = ',')]
+    session_key_file: Vec<PathBuf>,
+    /// Session cookies only over HTTPS (`Secure`); set it when a TLS proxy
+    /// fronts presenced (a proxy's `X-Forwarded-Proto: https` sets it too).
+    #[arg(long, env = "PRESENCE_COOKIE_SECURE")]
+    cookie_secure: bool,
+    /// Plugin hooks in flight at once for the connections of one client address.
+    #[arg(long, env = "PRESENCE_HOOKS_PER_ADDRESS", default_value_t = 8, value_parser = at_least_one())]
+    hooks_per_address: u64,
+    /// HTTP connections not yet upgraded from one client address (more are refused with 503).
+    #[arg(long, env = "PRESENCE_MAX_PENDING_PER_ADDRESS", default_value_t = 16, value_parser = at_least_one())]
+    max_pending_per_address: u64,
     /// Threads running connections and presence. Default: one per core; fewer
     /// when other busy processes share the cores (each idle-to-busy handoff
     /// between threads is a context switch).
@@ -184,12 +196,7 @@ impl Cli {
     }
 
     fn config(&self) -> anyhow::Result<ServerConfig> {
-        let session_key = match &self.session_key_file {
-            Some(path) => {
-                Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("session key file {}: {e}", path.display()))?)
-            }
-            None => None,
-        };
+        let session_keys = self.session_key_file.iter().map(|path| read_secret(path)).collect::<Result<_, _>>()?;
         let tls_ca = match &self.redis_ca_file {
             Some(path) => {
                 Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("--redis-ca-file {}: {e}", path.display()))?)
@@ -220,7 +227,9 @@ impl Cli {
         Ok(ServerConfig {
             redis,
             plugin,
-            session_key,
+            session_keys,
+            cookie_secure: self.cookie_secure,
+            insecure_demo_auth: self.insecure_demo_auth,
             options: Options {
                 key: self.key.clone(),
                 heartbeat: Duration::from_millis(self.heartbeat_ms),
@@ -246,10 +255,28 @@ impl Cli {
                 max_connections_per_address: self.max_connections_per_address as usize,
                 header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
                 allowed_origins: self.allowed_origins.clone(),
+                hooks_per_address: self.hooks_per_address as usize,
+                max_pending_per_address: self.max_pending_per_address as usize,
                 ..ServerLimits::default()
             },
         })
     }
+}
+
+/// A key file's bytes; refused when other users may read it (a key anyone
+/// on the machine can read signs anyone's session).
+fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("session key file {}: {e}", path.display()))?;
+    let mode = mode.permissions().mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "session key file {} is readable by other users (mode {:o}); `chmod 600` it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("session key file {}: {e}", path.display()))
 }
 
 async fn stop_signal() {

@@ -163,6 +163,37 @@ impl Drop for Ticket {
     }
 }
 
+/// Plugin hooks in flight per client address: the connections of one
+/// address wait for each other's hooks, never for everyone's, so one address
+/// cannot take the plugin's instances from every other user.
+#[derive(Debug)]
+pub(crate) struct HookGate {
+    per_address: usize,
+    gates: Mutex<HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl HookGate {
+    /// At most `per_address` hooks at once from one address.
+    pub fn new(per_address: usize) -> Self {
+        Self { per_address, gates: Mutex::default() }
+    }
+
+    /// Wait for a place for one more hook from `address` (none to wait for
+    /// when the address is unknown); the place is held until dropped.
+    pub async fn enter(&self, address: Option<IpAddr>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            if gates.len() > 1024 {
+                // Forget the gates of addresses with no hook in flight.
+                gates.retain(|_, gate| gate.available_permits() < self.per_address || Arc::strong_count(gate) > 1);
+            }
+            let per_address = self.per_address;
+            gates.entry(address?).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_address))).clone()
+        };
+        gate.acquire_owned().await.ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +239,19 @@ mod tests {
         drop(first);
         let _again = admission.admit(Some(a)).unwrap();
         assert_eq!(admission.open(), 3);
+    }
+
+    #[tokio::test]
+    async fn hooks_wait_per_address() {
+        let gate = HookGate::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let (first, _second) = (gate.enter(Some(a)).await, gate.enter(Some(a)).await);
+        let third = tokio::time::timeout(std::time::Duration::from_millis(50), gate.enter(Some(a))).await;
+        assert!(third.is_err(), "a third hook from one address waits");
+        assert!(gate.enter(Some(b)).await.is_some(), "another address does not");
+        drop(first);
+        assert!(gate.enter(Some(a)).await.is_some());
+        assert!(gate.enter(None).await.is_none(), "an unknown address is not gated");
     }
 }

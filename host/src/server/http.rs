@@ -27,9 +27,10 @@ pub(super) async fn auth_preflight(
         return (StatusCode::FORBIDDEN, "the preflight needs `x-requested-with: svelte-adapter-uws`\n").into_response();
     }
     match super::ws::authenticate(&shared, &uri, &headers, peer.map(|p| p.0 .0)).await {
-        Ok(user_data) => {
-            (StatusCode::NO_CONTENT, [(header::SET_COOKIE, shared.sessions.issue(&user_data))]).into_response()
-        }
+        Ok(user_data) => match shared.sessions.issue(&user_data, over_https(&headers)) {
+            Some(cookie) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response(),
+            None => (StatusCode::UNAUTHORIZED, "the token has expired\n").into_response(),
+        },
         Err(denial) => {
             shared.metrics.upgrades_denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let status = StatusCode::from_u16(denial.status)
@@ -39,6 +40,19 @@ pub(super) async fn auth_preflight(
             (status, denial.reason).into_response()
         }
     }
+}
+
+/// `DELETE /__ws/auth`: end the session (the browser drops its cookie).
+pub(super) async fn logout(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if headers.get("x-requested-with").is_none_or(|v| v != "svelte-adapter-uws") {
+        return (StatusCode::FORBIDDEN, "logging out needs `x-requested-with: svelte-adapter-uws`\n").into_response();
+    }
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, shared.sessions.logout(over_https(&headers)))]).into_response()
+}
+
+/// The request reached the proxy in front of us over HTTPS.
+fn over_https(headers: &HeaderMap) -> bool {
+    headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 pub(super) async fn demo() -> Html<&'static str> {

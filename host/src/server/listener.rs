@@ -1,7 +1,8 @@
 //! Serving [`PresenceServer`] on a TCP listener, with the HTTP-level
 //! protections `axum::serve` leaves out: a header-read timeout (a slowloris
 //! upgrade is dropped, an idle keep-alive connection too), a bound on
-//! connections that have not upgraded yet (refused with a plain 503), and
+//! connections that have not upgraded yet, in total and per address
+//! (refused with a plain 503), and
 //! TCP_NODELAY (small frames must not wait for the peer's delayed ACK).
 
 use super::PresenceServer;
@@ -9,11 +10,9 @@ use axum::extract::connect_info::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 const BUSY: &[u8] =
@@ -25,9 +24,9 @@ impl PresenceServer {
     pub async fn serve(&self, listener: TcpListener, stop: impl Future<Output = ()>) {
         let limits = self.shared.limits.clone();
         let router = self.router();
-        // HTTP connections that have not (yet) upgraded; upgraded ones are
-        // counted by the admission of the WebSocket endpoint.
-        let unupgraded = Arc::new(Semaphore::new(limits.max_connections));
+        // HTTP connections that have not (yet) upgraded, in total and per
+        // address; upgraded ones are counted by the WebSocket endpoint's own.
+        let unupgraded = super::admission::Admission::new(limits.max_connections, limits.max_pending_per_address);
         tokio::pin!(stop);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -42,7 +41,7 @@ impl PresenceServer {
                 },
                 () = &mut stop => break,
             };
-            let Ok(permit) = unupgraded.clone().try_acquire_owned() else {
+            let Ok(permit) = unupgraded.admit(Some(peer.ip())) else {
                 self.shared.metrics.refused_busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(refuse_busy(tcp));
                 continue;

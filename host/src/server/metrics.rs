@@ -43,6 +43,7 @@ pub fn render(shared: &Shared) -> String {
     line("presence_send_timeouts_total", "counter", m.send_timeouts.load(Relaxed).to_string());
     line("presence_slow_client_disconnects_total", "counter", shared.hub.overflows().to_string());
     line("presence_topics", "gauge", shared.presence.local_topics().to_string());
+    line("presence_topics_lingering", "gauge", shared.presence.lingering_topics().to_string());
     line("presence_engine_connections", "gauge", shared.presence.connections().to_string());
     let stats = shared.presence.stats();
     let health = shared.presence.health();

@@ -6,7 +6,7 @@
 //! - `ws`: one connection's life (authenticate → frames → hooks → close),
 //!   generations, keepalive, rate and subscription limits, close codes.
 //! - `session`: signed cookies of the auth preflight.
-//! - `http`: `/`, `/healthz`, `/readyz`, `/metrics`, `POST /__ws/auth`.
+//! - `http`: `/`, `/healthz`, `/readyz`, `/metrics`, `POST`/`DELETE /__ws/auth`.
 //! - [`admission`]: the `Origin` check and the connection limits.
 //! - `listener`: [`PresenceServer::serve`], the TCP side (header-read
 //!   timeout, a bound on connections not yet upgraded).
@@ -67,6 +67,17 @@ pub struct ServerLimits {
     pub diff_window: Duration,
     /// How long a session cookie from the auth preflight is valid.
     pub session_ttl: Duration,
+    /// Plugin hooks (subscribe, unsubscribe, close) in flight at once for
+    /// the connections of one client address; more wait their turn.
+    pub hooks_per_address: usize,
+    /// HTTP connections not yet upgraded from one client address (more are
+    /// refused with 503): one address cannot take the places of everyone
+    /// else's requests, health checks included.
+    pub max_pending_per_address: usize,
+    /// Bytes of one connection's user data (as JSON), from the plugin's
+    /// `authenticate`, a session cookie or the demo query string; more
+    /// refuses the upgrade (4403).
+    pub max_user_data_bytes: usize,
 }
 
 impl ServerLimits {
@@ -80,6 +91,9 @@ impl ServerLimits {
             ("send_queue_bytes", self.send_queue_bytes),
             ("max_connections", self.max_connections),
             ("max_connections_per_address", self.max_connections_per_address),
+            ("hooks_per_address", self.hooks_per_address),
+            ("max_pending_per_address", self.max_pending_per_address),
+            ("max_user_data_bytes", self.max_user_data_bytes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be at least 1"));
@@ -118,12 +132,15 @@ impl Default for ServerLimits {
             allowed_origins: admission::AllowedOrigins::default(),
             diff_window: Duration::from_millis(5),
             session_ttl: Duration::from_secs(3600),
+            hooks_per_address: 8,
+            max_pending_per_address: 16,
+            max_user_data_bytes: 64 * 1024,
         }
     }
 }
 
 /// Everything `presenced` (or an embedding application) configures.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ServerConfig {
     /// `None`: the in-memory backend (one process).
     pub redis: Option<RedisOptions>,
@@ -133,9 +150,33 @@ pub struct ServerConfig {
     pub options: Options,
     /// Connection limits.
     pub limits: ServerLimits,
-    /// Key of the auth preflight's session cookies; shared by every instance
-    /// so a cookie works on all of them. `None`: a random key per process.
-    pub session_key: Option<Vec<u8>>,
+    /// Keys of the auth preflight's session cookies, newest first: the first
+    /// signs, every one verifies (rotate by putting a new key first). Shared
+    /// by every instance so a cookie works on all of them. Empty: a random
+    /// key per process.
+    pub session_keys: Vec<Vec<u8>>,
+    /// Session cookies get `Secure` (sent over HTTPS only). They get it
+    /// anyway when the preflight arrives with `X-Forwarded-Proto: https`.
+    pub cookie_secure: bool,
+    /// Without a plugin, the query string is the user's identity (a demo
+    /// default: anyone can claim to be anyone). It is refused to clients
+    /// that are not on loopback unless this is set.
+    pub insecure_demo_auth: bool,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    /// Without secrets: the Redis URL's password and the session keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("redis", &self.redis)
+            .field("plugin", &self.plugin)
+            .field("options", &self.options)
+            .field("limits", &self.limits)
+            .field("session_keys", &format_args!("[{} redacted]", self.session_keys.len()))
+            .field("cookie_secure", &self.cookie_secure)
+            .field("insecure_demo_auth", &self.insecure_demo_auth)
+            .finish()
+    }
 }
 
 pub(crate) struct Shared {
@@ -150,7 +191,10 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
     pub admission: admission::Admission,
+    pub hook_gate: admission::HookGate,
     pub sessions: session::Sessions,
+    /// The query-string identity may serve clients off loopback.
+    pub insecure_demo_auth: bool,
     /// The hub's diff flusher, stopped on shutdown.
     diffs: tokio::task::AbortHandle,
     /// Ticks every ping interval: each connection checks its keepalive.
@@ -235,9 +279,10 @@ impl ServerBuilder {
         self
     }
 
-    /// The session cookies' key, shared by every instance.
+    /// A session cookies' key, shared by every instance; the first one
+    /// given signs, every one verifies.
     pub fn session_key(mut self, key: Vec<u8>) -> Self {
-        self.config.session_key = Some(key);
+        self.config.session_keys.push(key);
         self
     }
 
@@ -310,12 +355,13 @@ impl PresenceServer {
             builder = builder.policy(plugin.as_ref());
         }
         let presence = builder.build()?;
-        if let Some(key) = config.session_key.as_ref().filter(|k| k.len() < session::MIN_KEY_BYTES) {
+        if let Some(key) = config.session_keys.iter().find(|k| k.len() < session::MIN_KEY_BYTES) {
             return Err(StartError::SessionKey { bytes: key.len(), min: session::MIN_KEY_BYTES });
         }
-        let sessions = session::Sessions::new(config.session_key, config.limits.session_ttl);
+        let sessions = session::Sessions::new(config.session_keys, config.limits.session_ttl, config.cookie_secure);
         let admission =
             admission::Admission::new(config.limits.max_connections, config.limits.max_connections_per_address);
+        let hook_gate = admission::HookGate::new(config.limits.hooks_per_address);
         let keepalive = tokio::sync::watch::Sender::new(());
         let keepalive_ticker = tokio::spawn({
             let (ticks, every) = (keepalive.clone(), config.limits.ping_interval);
@@ -340,7 +386,9 @@ impl PresenceServer {
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 admission,
+                hook_gate,
                 sessions,
+                insecure_demo_auth: config.insecure_demo_auth,
                 diffs,
                 keepalive,
                 keepalive_ticker,
@@ -353,7 +401,7 @@ impl PresenceServer {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws", get(ws::upgrade))
-            .route("/__ws/auth", post(http::auth_preflight))
+            .route("/__ws/auth", post(http::auth_preflight).delete(http::logout))
             .route("/", get(http::demo))
             .route("/healthz", get(http::healthz))
             .route("/readyz", get(http::readyz))
@@ -366,7 +414,7 @@ impl PresenceServer {
     pub fn ws_router<S>(&self) -> Router<S> {
         Router::new()
             .route("/ws", get(ws::upgrade))
-            .route("/__ws/auth", post(http::auth_preflight))
+            .route("/__ws/auth", post(http::auth_preflight).delete(http::logout))
             .with_state(self.shared.clone())
     }
 

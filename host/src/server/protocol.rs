@@ -134,16 +134,34 @@ pub const RESUMED: &str = r#"{"type":"resumed"}"#;
 /// from the server (current clients give up after 150 s of silence).
 pub const KEEPALIVE: &str = r#"{"type":"ping"}"#;
 
+/// Longest `ref` string echoed back (a client's refs are counters; a long
+/// one would be copied into every ack of a batch).
+pub const MAX_REF_BYTES: usize = 64;
+
 /// Parse one text frame.
 pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
-    serde_json::from_str(text).map_err(|e| {
+    let message: ClientMessage = serde_json::from_str(text).map_err(|e| {
         Refusal::new(
             DenialReason::InvalidTopic,
             "bad-request",
             None,
             format!("expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"topic\":\"…\"}}: {e}"),
         )
-    })
+    })?;
+    let reference = match &message {
+        ClientMessage::Subscribe { reference, .. } | ClientMessage::SubscribeBatch { reference, .. } => reference,
+        _ => &None,
+    };
+    let echoable = match reference {
+        None | Some(Value::Number(_)) => true,
+        Some(Value::String(text)) => text.len() <= MAX_REF_BYTES,
+        Some(_) => false,
+    };
+    if !echoable {
+        let message = format!("`ref` must be a number or a string of at most {MAX_REF_BYTES} bytes");
+        return Err(Refusal::new(DenialReason::InvalidTopic, "bad-request", None, message));
+    }
+    Ok(message)
 }
 
 /// Check a topic a client wants to subscribe to.
@@ -186,9 +204,12 @@ mod tests {
         assert_eq!(parse(r#"{"type":"resume","sessionId":"s","lastSeenSeqs":{"a":3}}"#), Ok(ClientMessage::Resume {}));
         assert_eq!(parse(r#"{"type":"reply","ref":1,"data":2}"#), Ok(ClientMessage::Reply {}));
         assert_eq!(parse(r#"{"type":"publish","topic":"x"}"#), Ok(ClientMessage::Unknown));
-        for bad in ["not json", r#"{"type":"subscribe"}"#, r#"{"type":"subscribe","topic":7}"#, "[1,2,3]"] {
+        let long_ref = json!({"type": "subscribe-batch", "topics": ["a"], "ref": "r".repeat(65)}).to_string();
+        let object_ref = r#"{"type":"subscribe","topic":"a","ref":{"big":[1,2,3]}}"#;
+        for bad in ["not json", r#"{"type":"subscribe"}"#, r#"{"type":"subscribe","topic":7}"#, "[1,2,3]", object_ref] {
             assert_eq!(parse(bad).unwrap_err().code, "bad-request", "{bad}");
         }
+        assert!(parse(&long_ref).unwrap_err().message.contains("ref"));
         assert!(check_topic("", 64).is_err());
         assert!(check_topic("a\u{0}b", 64).is_err());
         assert!(check_topic(&"x".repeat(65), 64).is_err());

@@ -27,7 +27,7 @@ use axum::Extension;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,7 +75,8 @@ pub(super) async fn upgrade(
     match identity {
         Ok(user_data) => {
             let tracker = shared.connections.clone();
-            ws.on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data, ticket)))
+            let address = peer.map(|p| p.ip());
+            ws.on_upgrade(move |socket| tracker.track_future(serve(shared, socket, user_data, address, ticket)))
         }
         // A browser never sees an HTTP status on an upgrade (a 401 reaches it
         // as 1006, retried forever): accept, then close with a code it acts on.
@@ -132,15 +133,37 @@ fn close_after_upgrade(
 }
 
 /// Who is this request? The plugin's `authenticate`, or without a plugin
-/// the query string (`/ws?id=ada&name=Ada`, a demo default).
+/// the query string (`/ws?id=ada&name=Ada`, a demo default, for loopback
+/// clients only unless [`super::ServerConfig::insecure_demo_auth`]).
 pub(super) async fn authenticate(
     shared: &Shared,
     uri: &Uri,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<Value, Denial> {
+    let user_data = identify(shared, uri, headers, peer).await?;
+    // Every connection keeps its user data (and hands it to each plugin call).
+    let size = serde_json::to_string(&user_data).map_or(usize::MAX, |json| json.len());
+    let limit = shared.limits.max_user_data_bytes;
+    if size > limit {
+        tracing::warn!(size, limit, "user data over the limit; upgrade refused");
+        return Err(Denial {
+            status: 403,
+            reason: format!("user data is {size} bytes, over the limit of {limit} (max_user_data_bytes)"),
+        });
+    }
+    Ok(user_data)
+}
+
+async fn identify(shared: &Shared, uri: &Uri, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<Value, Denial> {
     match &shared.plugin {
         Some(plugin) => plugin.authenticate(upgrade_request(uri, headers, peer)).await,
+        // Anyone can claim to be anyone: only for loopback clients, unless
+        // the embedder asked for it by name.
+        None if !shared.insecure_demo_auth && !peer.is_some_and(|p| p.ip().is_loopback()) => Err(Denial {
+            status: 403,
+            reason: "without a plugin the query-string identity serves loopback clients only".into(),
+        }),
         None => Ok(presence_defaults::user_data_from_query(uri.query().unwrap_or(""))),
     }
 }
@@ -219,6 +242,8 @@ enum Generation {
 struct Session {
     shared: Arc<Shared>,
     conn: ConnId,
+    /// The client's address (for the per-address bounds).
+    address: Option<IpAddr>,
     /// JSON text, shared with the hub.
     user_data: Arc<str>,
     generation: Generation,
@@ -249,9 +274,9 @@ impl Socket {
     async fn send_queued(&mut self, first: Frame, outbox: &mut Outbox) -> bool {
         let ws = &mut self.ws;
         let write = async {
-            ws.feed(Message::Text(first.as_ref().into())).await?;
+            ws.feed(Message::Text(first.into_text())).await?;
             while let Some(next) = outbox.try_recv() {
-                ws.feed(Message::Text(next.as_ref().into())).await?;
+                ws.feed(Message::Text(next.into_text())).await?;
             }
             ws.flush().await
         };
@@ -284,7 +309,7 @@ async fn bounded<F: std::future::Future>(
     }
 }
 
-async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket: Ticket) {
+async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, address: Option<IpAddr>, _ticket: Ticket) {
     let (conn, mut outbox) = shared.hub.connect(user_data, shared.limits.send_queue_bytes);
     let user_data = shared.hub.user_data_json(conn).expect("just connected");
     shared.metrics.connections_open.fetch_add(1, Relaxed);
@@ -299,6 +324,7 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
     let mut session = Session {
         shared: shared.clone(),
         conn,
+        address,
         user_data,
         generation: Generation::Unknown,
         subscriptions: HashSet::new(),
@@ -319,8 +345,10 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
                     }
                 }
                 None => {
-                    // The hub cut us off: the client did not read fast enough.
-                    socket.send(close(TRY_AGAIN_LATER, "too slow: send queue full")).await;
+                    // The hub cut us off: it said why, or the client did not
+                    // read fast enough. Either way the client tries again.
+                    let reason = outbox.close_reason();
+                    socket.send(close(TRY_AGAIN_LATER, reason.as_deref().unwrap_or("too slow: send queue full"))).await;
                     break;
                 }
             },
@@ -343,6 +371,10 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
                     }
                     Some(Ok(Message::Binary(_))) => {
                         shared.metrics.frames_refused.fetch_add(1, Relaxed);
+                        if let Some((code, reason)) = session.count_frame() {
+                            socket.send(close(code, reason)).await;
+                            break;
+                        }
                         let refusal = Refusal::new(DenialReason::InvalidTopic, "bad-request", None, "binary frames are not part of the protocol");
                         session.refuse_legacy(&refusal);
                     }
@@ -371,8 +403,9 @@ async fn serve(shared: Arc<Shared>, socket: WebSocket, user_data: Value, _ticket
     // The close hook and the leave are boxed, like `handle`: their futures
     // are large, and every idle connection's task would otherwise hold them.
     if let Some(plugin) = &shared.plugin {
+        let _turn = shared.hook_gate.enter(address).await;
         if let Err(e) = Box::pin(plugin.on_close(conn, &*session.user_data)).await {
-            tracing::warn!(%conn, error = %e, "plugin on-close failed");
+            plugin.log_failure("plugin on-close failed", Some(conn), None, &e);
         }
     }
     // Whatever the hook did, a closed connection never lingers in presence.
@@ -395,9 +428,29 @@ impl Session {
         }
     }
 
+    /// Count one frame, whatever it is, against the rate (before any work is
+    /// done for it). `Some(code, reason)`: the client kept flooding for a
+    /// second's worth of frames: close it (4429 makes current clients back
+    /// off for minutes).
+    fn count_frame(&mut self) -> Option<(u16, &'static str)> {
+        if self.rate.admit() {
+            self.flooding = 0;
+            return None;
+        }
+        self.flooding += 1;
+        (self.flooding > self.shared.limits.messages_per_second).then_some((RATE_LIMITED, "too many frames"))
+    }
+
     /// Act on one client frame. `Some(code, reason)`: close the connection.
     async fn handle(&mut self, text: &str) -> Option<(u16, &'static str)> {
-        let metrics = &self.shared.metrics;
+        let flooded = self.flooding;
+        if let Some(close) = self.count_frame() {
+            self.shared.metrics.frames_refused.fetch_add(1, Relaxed);
+            return Some(close);
+        }
+        let over_rate = self.flooding > flooded;
+        let shared = self.shared.clone();
+        let metrics = &shared.metrics;
         let message = match protocol::parse(text) {
             Ok(message) => message,
             Err(refusal) => {
@@ -415,7 +468,7 @@ impl Session {
                 _ => Generation::Legacy,
             };
         }
-        if !self.rate.admit() {
+        if over_rate {
             metrics.frames_refused.fetch_add(1, Relaxed);
             let refusal = Refusal::new(
                 DenialReason::RateLimited,
@@ -424,17 +477,9 @@ impl Session {
                 format!("more than {} frames per second", self.shared.limits.messages_per_second),
             );
             self.refuse_legacy(&refusal);
-            if self.generation == Generation::Current {
-                self.deny_all(&message, &refusal);
-                // A client that keeps flooding for a second's worth of frames backs off for minutes.
-                self.flooding += 1;
-                if self.flooding > self.shared.limits.messages_per_second {
-                    return Some((RATE_LIMITED, "too many frames"));
-                }
-            }
+            self.deny_all(&message, &refusal);
             return None;
         }
-        self.flooding = 0;
         match message {
             ClientMessage::Hello { .. } | ClientMessage::Reply {} => {}
             ClientMessage::Subscribe { topic, reference } => self.subscribe(&topic, reference.as_ref()).await,
@@ -480,7 +525,8 @@ impl Session {
             (Ok(()), None) => {}
             (Err(refusal), reference) => {
                 self.shared.metrics.frames_refused.fetch_add(1, Relaxed);
-                tracing::debug!(conn = %self.conn, topic, reason = refusal.reason.word(), message = %refusal.message, "subscribe denied");
+                let message = crate::plugin::single_line(&refusal.message, 512);
+                tracing::debug!(conn = %self.conn, topic, reason = refusal.reason.word(), message, "subscribe denied");
                 match reference {
                     Some(reference) => self.send(protocol::subscribe_denied(topic, reference, &refusal.reason)),
                     None => self.refuse_legacy(&refusal),
@@ -494,7 +540,9 @@ impl Session {
         protocol::check_topic(topic, shared.presence.options().max_topic_bytes)
             .map_err(|r| Refusal { topic: Some(topic.to_owned()), ..r })?;
         let refuse = |reason, code, message: String| Refusal::new(reason, code, Some(topic), message);
-        if self.generation == Generation::Current && topic.starts_with("__") {
+        // Current clients never send `__` topics; legacy ones watch
+        // `__presence:<topic>`, and nothing else of ours.
+        if topic.starts_with("__") && (self.generation == Generation::Current || !topic.starts_with(PRESENCE_PREFIX)) {
             let message = "topics starting with `__` are internal".into();
             return Err(refuse(DenialReason::InvalidTopic, "bad-request", message));
         }
@@ -510,7 +558,7 @@ impl Session {
             plugin.authorize(self.conn, &*self.user_data, subject, action).await.map_err(|e| match e {
                 PolicyError::Denied(reason) => refuse(DenialReason::from_policy(&reason), "denied", reason),
                 error @ (PolicyError::Failed(_) | PolicyError::InvalidOutput(_)) => {
-                    tracing::warn!(conn = %self.conn, topic, %error, "authorize failed; denied");
+                    plugin.log_failure("authorize failed; denied", Some(self.conn), Some(topic), &error);
                     refuse(DenialReason::InternalError, "denied", "the policy is unavailable".into())
                 }
             })?;
@@ -520,7 +568,10 @@ impl Session {
             crate::Platform::subscribe(&*shared.hub, self.conn, topic);
         }
         let hooked = match &shared.plugin {
-            Some(plugin) => plugin.on_subscribe(self.conn, &*self.user_data, topic).await.map_err(|e| e.to_string()),
+            Some(plugin) => {
+                let _turn = shared.hook_gate.enter(self.address).await;
+                plugin.on_subscribe(self.conn, &*self.user_data, topic).await.map_err(|e| e.to_string())
+            }
             None => shared.presence.hooks().subscribe(self.conn, topic).await.map_err(|e| e.to_string()),
         };
         hooked.map_err(|message| {
@@ -533,7 +584,12 @@ impl Session {
             match limit_word(&message) {
                 Some(word) => refuse(DenialReason::Policy(word.into()), "limit", message),
                 None => {
-                    tracing::warn!(conn = %self.conn, topic, error = %message, "subscribe hook failed");
+                    match &shared.plugin {
+                        Some(plugin) => {
+                            plugin.log_failure("subscribe hook failed", Some(self.conn), Some(topic), &message)
+                        }
+                        None => tracing::warn!(conn = %self.conn, topic, error = %message, "subscribe failed"),
+                    }
                     refuse(DenialReason::InternalError, "failed", message)
                 }
             }
@@ -558,7 +614,10 @@ impl Session {
             crate::Platform::unsubscribe(&*shared.hub, self.conn, topic);
         }
         let result = match &shared.plugin {
-            Some(plugin) => plugin.on_unsubscribe(self.conn, &*self.user_data, topic).await.map_err(|e| e.to_string()),
+            Some(plugin) => {
+                let _turn = shared.hook_gate.enter(self.address).await;
+                plugin.on_unsubscribe(self.conn, &*self.user_data, topic).await.map_err(|e| e.to_string())
+            }
             None => shared.presence.hooks().unsubscribe(self.conn, topic).await.map_err(|e| e.to_string()),
         };
         if let Err(message) = result {
