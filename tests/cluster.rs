@@ -422,3 +422,215 @@ async fn the_topology_is_found_from_one_url() {
     let err = RedisBackend::connect(RedisOptions::new("redis://127.0.0.1:1/,http://x")).await.err().unwrap();
     assert!(err.to_string().contains("http://x is not a Redis URL"), "{err}");
 }
+
+/// Two servers on a cluster (`topics_on_every_master`, two topics per
+/// master), with tabs of both generations open: a master is killed with
+/// SIGKILL; tabs opened during the failover and right after it are
+/// acknowledged `subscribed` (never denied) and, soon after the cluster is
+/// ok again, every tab and both servers show exactly the open tabs. Then the
+/// killed node comes back as a replica and is promoted with `CLUSTER
+/// FAILOVER` while more tabs open and some close: the same holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_of_both_generations_survive_a_failover_and_a_promotion() {
+    use presence::server::ServerConfig;
+    use presence_tests::fleet::{converge, Generation, Tab};
+    use presence_tests::ws::Served;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let topics = topics_on_every_master(&cluster, 2);
+    let victim = cluster.master_of(&TopicKeys::new("x", &topics[0]).users);
+    let mut redis = RedisOptions::new(cluster.urls());
+    redis.prefix = format!("t{:08x}", rand::random::<u32>());
+    let options =
+        presence::Options { heartbeat: Duration::from_millis(1000), ttl: Duration::from_secs(8), ..fast_options() };
+    let config = ServerConfig { redis: Some(redis), options, ..ServerConfig::default() };
+    let (a, b) = (Served::start(config.clone()).await, Served::start(config).await);
+    let servers = [&a, &b];
+    let mut tabs = Vec::new();
+    for (t, topic) in topics.iter().enumerate() {
+        tabs.push(Tab::open(&a, 0, Generation::Current, &format!("before-c{t}"), topic).await);
+        tabs.push(Tab::open(&b, 1, Generation::Legacy, &format!("before-l{t}"), topic).await);
+    }
+    converge(&servers, &mut tabs, &topics, DEADLINE).await;
+
+    // 1. A master killed: tabs open while its replica takes over.
+    let mut cluster = cluster;
+    let mut killed = cluster.take(victim);
+    killed.kill();
+    let killed_at = Instant::now();
+    let settled = tokio::task::spawn_blocking(move || {
+        cluster.wait_settled();
+        cluster
+    });
+    let mut n = 0;
+    while !settled.is_finished() || n < 8 {
+        let (served, server) = if n % 2 == 0 { (&a, 0) } else { (&b, 1) };
+        let generation = if n % 4 < 2 { Generation::Current } else { Generation::Legacy };
+        // Mostly the failed master's topics (0 and 1), some elsewhere.
+        let topic = &topics[[0, 1, 0, 1, 2, 4][n % 6]];
+        tabs.push(Tab::open(served, server, generation, &format!("during-{n}"), topic).await);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut cluster = settled.await.unwrap();
+    let ok_after = killed_at.elapsed();
+    let right = converge(&servers, &mut tabs, &topics, DEADLINE * 2).await;
+    println!(
+        "failover: cluster ok {ok_after:?} after the kill, {n} tabs opened meanwhile and after; \
+         every tab and server right {right:?} later"
+    );
+
+    // 2. The node back as a replica, then promoted in order (no data lost).
+    let cluster = tokio::task::spawn_blocking(move || {
+        killed.restart();
+        cluster.revive(victim, killed);
+        cluster.wait_settled();
+        cluster
+    })
+    .await
+    .unwrap();
+    let master = cluster.master_of(&TopicKeys::new("x", &topics[0]).users);
+    let replica = cluster.replica_of(master);
+    cluster.promote(replica);
+    let promoted_at = Instant::now();
+    for n in 0..6 {
+        let served = if n % 2 == 0 { &a } else { &b };
+        let generation = if n < 3 { Generation::Current } else { Generation::Legacy };
+        tabs.push(Tab::open(served, n % 2, generation, &format!("promoted-{n}"), &topics[n % 2]).await);
+        if n % 2 == 1 {
+            // And a tab of the first failover closes.
+            let i = tabs.iter().position(|t| t.user.starts_with("during-")).unwrap();
+            tabs.remove(i).client.close().await;
+        }
+    }
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_settled();
+        cluster
+    })
+    .await
+    .unwrap();
+    assert_eq!(cluster.master_of(&TopicKeys::new("x", &topics[0]).users), replica, "the replica took over");
+    let right = converge(&servers, &mut tabs, &topics, DEADLINE * 2).await;
+    println!(
+        "promotion: every tab and server right {right:?} after the cluster settled ({:?} after CLUSTER FAILOVER)",
+        promoted_at.elapsed()
+    );
+}
+
+/// One topic's slot is migrated key by key (`SETSLOT IMPORTING/MIGRATING`,
+/// `MIGRATE` per key with pauses, `SETSLOT NODE`) while tabs of both
+/// generations open and close on it from two servers: scripts meet `ASK`
+/// and `TRYAGAIN` mid-move, yet afterwards every tab and server shows exactly
+/// the open tabs, no legacy tab saw a second `join`, and the slot lives on
+/// its new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_migrated_key_by_key_under_load_loses_nobody() {
+    use presence::server::ServerConfig;
+    use presence_tests::fleet::{converge, Generation, Tab};
+    use presence_tests::ws::Served;
+    let seed = std::env::var("PRESENCE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    println!("seed {seed} (PRESENCE_SEED={seed} reproduces the choices)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let topics = vec!["moving-room".to_owned()];
+    let slot = key_slot(TopicKeys::new("x", &topics[0]).users.as_bytes());
+    let from = cluster.master_of_slot(slot);
+    let to = cluster.masters().into_iter().find(|m| m.port != from.port).unwrap();
+    let mut redis = RedisOptions::new(cluster.urls());
+    redis.prefix = format!("t{:08x}", rand::random::<u32>());
+    let options =
+        presence::Options { heartbeat: Duration::from_millis(500), ttl: Duration::from_secs(8), ..fast_options() };
+    let config = ServerConfig { redis: Some(redis), options, ..ServerConfig::default() };
+    let (a, b) = (Served::start(config.clone()).await, Served::start(config).await);
+    let servers = [&a, &b];
+    let mut tabs = Vec::new();
+    for n in 0..4 {
+        let generation = if n % 2 == 0 { Generation::Current } else { Generation::Legacy };
+        tabs.push(Tab::open(servers[n % 2], n % 2, generation, &format!("before-{n}"), &topics[0]).await);
+    }
+    converge(&servers, &mut tabs, &topics, DEADLINE).await;
+    let cluster = std::sync::Arc::new(cluster);
+    let migration = {
+        let (cluster, to) = (cluster.clone(), to.clone());
+        tokio::task::spawn_blocking(move || cluster.migrate_slot_key_by_key(slot, &to, Duration::from_millis(500)))
+    };
+    let (mut opened, mut closed, mut n) = (0, 0, 0);
+    while !migration.is_finished() {
+        if !tabs.is_empty() && rng.random_bool(0.4) {
+            let i = rng.random_range(0..tabs.len());
+            tabs.remove(i).client.close().await;
+            closed += 1;
+        } else {
+            let server = rng.random_range(0..2);
+            let generation = if rng.random_bool(0.5) { Generation::Current } else { Generation::Legacy };
+            tabs.push(
+                Tab::open(servers[server], server, generation, &format!("u{}", rng.random_range(0..12)), &topics[0])
+                    .await,
+            );
+            opened += 1;
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(10..60))).await;
+    }
+    let moved = migration.await.unwrap();
+    let errors = cluster.error_stats();
+    assert_eq!(cluster.master_of_slot(slot).port, to.port, "the slot lives on its new master");
+    let right = converge(&servers, &mut tabs, &topics, DEADLINE * 2).await;
+    println!(
+        "migration of slot {slot} ({moved} keys, one at a time): {n} steps ({opened} tabs opened, {closed} closed) \
+         meanwhile, the masters answered {errors:?}; every tab and server right {right:?} after the move"
+    );
+}
+
+/// The event subscriptions of every node are killed (`CLIENT KILL TYPE
+/// pubsub`), three times over: each instance subscribes its channels again
+/// on the nodes that dropped them (`PUBSUB SHARDNUMSUB` counts both
+/// instances again), and events flow again. No heartbeat runs here, so no
+/// replica repair can hide a subscription that stayed lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_event_subscriptions_are_made_again_on_every_node() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let topics = topics_on_every_master(&cluster, 2);
+    let store = Store::redis_url(&cluster.urls());
+    let Store::Redis { prefix, .. } = &store else { unreachable!() };
+    let prefix = prefix.clone();
+    let (a, b) = (Instance::start(&store, manual_ticks()).await, Instance::start(&store, manual_ticks()).await);
+    let mut watchers = Vec::new();
+    for topic in &topics {
+        watchers.push(a.watcher(topic).await);
+        let _ = b.watcher(topic).await;
+    }
+    let subscribers = |topic: &str| -> i64 {
+        let channel = TopicKeys::new(&prefix, topic).channel;
+        let port = cluster.master_of(&channel);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let reply: Vec<redis::Value> = redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&channel).query(&mut con).unwrap();
+        redis::from_redis_value(reply[1].clone()).unwrap()
+    };
+    for round in 0..3 {
+        let mut killed = 0;
+        for port in cluster.ports() {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let mut con = client.get_connection().unwrap();
+            let n: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut con).unwrap();
+            killed += n;
+        }
+        assert!(killed >= 6, "round {round}: both instances' subscriptions on every master were killed ({killed})");
+        for topic in &topics {
+            poll::until(&format!("round {round}: both instances subscribe {topic} again"), DEADLINE, async || {
+                let n = subscribers(topic);
+                poll::when(n == 2, n)
+            })
+            .await;
+        }
+        for (t, topic) in topics.iter().enumerate() {
+            let user = b.connect(json!({"id": format!("r{round}-t{t}")}));
+            b.presence.join(user.id, topic).await.unwrap();
+            std::mem::forget(user);
+        }
+        for (t, watcher) in watchers.iter_mut().enumerate() {
+            let key = format!("r{round}-t{t}");
+            watcher.wait_for("join", |d| d["key"] == key.as_str()).await;
+        }
+    }
+}

@@ -294,7 +294,7 @@ async fn token_gate_authenticates_and_authorizes_by_role() {
     let exp = presence::backend::now_ms() + 60_000;
     let good = sign_token(json!({"id": "ada", "name": "Ada", "roles": ["team:red"], "exp": exp}));
     let user = plugin.authenticate(request(&format!("token={good}"))).await.unwrap();
-    assert_eq!(user, json!({"id": "ada", "name": "Ada", "roles": ["team:red"]}));
+    assert_eq!(user, json!({"id": "ada", "name": "Ada", "roles": ["team:red"], "exp": exp / 1000}));
     let mut by_cookie = request("");
     by_cookie.cookies.push(presence::plugin::Pair { name: "presence_token".into(), value: good.clone() });
     assert_eq!(plugin.authenticate(by_cookie).await.unwrap(), user);
@@ -595,4 +595,117 @@ async fn redis_kv_keeps_its_quota() {
     let mut con = server.connection();
     let shards: Vec<String> = redis::cmd("KEYS").arg("large#kv{large.*}:index").query(&mut con).unwrap();
     assert_eq!(shards.len(), 16, "{shards:?}");
+}
+
+/// One change of the plugin file gives exactly one reload, however often the
+/// file is read afterwards (the reload's own read, a checksum, a backup):
+/// reads are not changes. A broken file is refused once, and not compiled
+/// again while it stays the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_change_one_reload_and_reads_are_not_changes() {
+    let _turn = CPU_HEAVY.lock().await;
+    let (first, second) = (build_guest("examples/select-guest"), build_guest("tests/guests/defaults"));
+    let scratch = Scratch::new("one-reload");
+    let live = scratch.path("plugin.wasm");
+    deploy(&first, &live);
+    let mut config = PluginConfig::new(&live);
+    config.watch = true;
+    let plugin = PluginHost::start(config, Arc::new(MemoryKv::default())).await.unwrap();
+    let reloads = || plugin.metrics().reloads.load(Ordering::Relaxed);
+    let rejected = || plugin.metrics().rejected_reloads.load(Ordering::Relaxed);
+    let (reloads_before, rejected_before) = (reloads(), rejected());
+    // `cp new p.tmp && mv p.tmp p.wasm`, as a deploy does.
+    deploy(&second, &live);
+    eventually("the change is loaded", || async { plugin.generation() == 2 }).await;
+    // Read it, as `sha256sum` or a backup would, a few times over.
+    for _ in 0..5 {
+        let _ = std::fs::read(&live).unwrap();
+    }
+    // A quiet window (a count over time, not a wait for an event): several
+    // debounce periods in which nothing may reload.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reloads() - reloads_before, 1, "exactly one reload for one change");
+    assert_eq!(plugin.generation(), 2);
+
+    std::fs::write(scratch.path("broken.tmp"), b"\0asm broken").unwrap();
+    std::fs::rename(scratch.path("broken.tmp"), &live).unwrap();
+    eventually("the broken file is refused", || async { rejected() > rejected_before }).await;
+    for _ in 0..5 {
+        let _ = std::fs::read(&live).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rejected() - rejected_before, 1, "refused once, not recompiled in a loop");
+    assert!(matches!(plugin.reload().await, Err(LoadError::AlreadyRejected)), "an explicit reload says why");
+    assert_eq!(plugin.generation(), 2, "the previous version keeps serving");
+}
+
+/// 64 connections each subscribe to 40 topics in one `subscribe-batch`
+/// through a plugin whose subscribe hook joins (and so asks `select` of a
+/// second instance), default limits: hooks never take every instance, so
+/// no join is denied, and new users keep connecting meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_in_flight_never_starve_the_calls_they_wait_on() {
+    use presence::server::{ServerConfig, ServerLimits};
+    use presence_tests::ws::Served;
+    let _turn = CPU_HEAVY.lock().await;
+    let wasm = build_guest("tests/guests/defaults");
+    let limits = ServerLimits { max_connections_per_address: 1000, ..ServerLimits::default() };
+    let served = Served::start(ServerConfig {
+        plugin: Some(PluginConfig::new(wasm)),
+        options: presence::Options { max_topics_per_connection: 100, ..fast_options() },
+        limits,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for n in 0..64 {
+        let mut client = served.connect(&format!("id=u{n}")).await;
+        client.hello(&["batch"]).await;
+        clients.push(client);
+    }
+    let topics: Vec<String> = (0..40).map(|t| format!("room-{t}")).collect();
+    for client in &mut clients {
+        client.subscribe_batch(&topics, Some(1)).await;
+    }
+    // New users connect while the hooks run.
+    let newcomers = futures::future::join_all((0..10).map(|n| served.connect_owned(format!("id=new{n}")))).await;
+    for mut newcomer in newcomers {
+        newcomer.wait_frame("welcome", |f| f["type"] == "welcome").await;
+    }
+    let mut denied = 0;
+    for client in &mut clients {
+        for topic in &topics {
+            let topic = topic.clone();
+            let ack = client.wait_frame("an ack", move |f| f["ref"] == 1 && f["topic"] == topic.as_str()).await;
+            denied += usize::from(ack["type"] != "subscribed");
+        }
+    }
+    assert_eq!(denied, 0, "joins denied while hooks ran");
+    for topic in &topics {
+        assert_eq!(served.server.presence().count(topic).await.unwrap(), 64);
+    }
+}
+
+/// An expiry beyond a year is refused before anything is written, on both
+/// stores: no counter is left behind without an expiry, outside the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_ttls_are_checked_before_anything_is_written() {
+    use presence::plugin::kv::{PluginKv, RedisKv};
+    let server = RedisServer::start();
+    let redis =
+        RedisKv::connect(&presence::backend::redis::RedisOptions::new(server.url()), Default::default()).await.unwrap();
+    let stores: [Box<dyn PluginKv>; 2] = [Box::new(MemoryKv::default()), Box::new(redis)];
+    let absurd = Some(Duration::from_millis(100_000_000_000_000_000));
+    for store in &stores {
+        let refused = store.increment("n", 1, absurd).await.unwrap_err();
+        assert!(refused.contains("ttl-ms") && refused.contains("a year"), "{refused}");
+        assert!(store.set("k", "v", absurd).await.unwrap_err().contains("ttl-ms"));
+        assert_eq!(store.get("n").await.unwrap(), None, "nothing was written");
+        assert_eq!(store.increment("n", 2, Some(Duration::from_secs(60))).await.unwrap(), 2);
+    }
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut server.connection()).unwrap();
+    for key in keys.iter().filter(|k| k.contains("#kv") && k.contains("}:v:")) {
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut server.connection()).unwrap();
+        assert!(ttl != -1, "{key} has no expiry");
+    }
 }

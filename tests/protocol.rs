@@ -8,7 +8,7 @@ use presence::plugin::PluginConfig;
 use presence::server::{ServerConfig, ServerLimits};
 use presence::Options;
 use presence_tests::guests::build_guest;
-use presence_tests::ws::{http_post, Served, WsClient};
+use presence_tests::ws::{http_delete, http_post, Served, WsClient};
 use presence_tests::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -295,9 +295,9 @@ async fn quiet_connections_get_keepalive_frames() {
 /// header is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_preflight_session_works_on_every_instance() {
-    let key = Some(vec![42; 32]);
-    let a = Served::start(ServerConfig { session_key: key.clone(), ..config() }).await;
-    let b = Served::start(ServerConfig { session_key: key, ..config() }).await;
+    let key = vec![vec![42; 32]];
+    let a = Served::start(ServerConfig { session_keys: key.clone(), ..config() }).await;
+    let b = Served::start(ServerConfig { session_keys: key, ..config() }).await;
     let header = [("x-requested-with", "svelte-adapter-uws")];
     let (status, response) = http_post(a.addr, "/__ws/auth?id=ada&name=Ada", &header).await;
     assert_eq!(status, 204, "{response}");
@@ -364,4 +364,176 @@ async fn a_full_topic_is_denied_with_its_word() {
     first.close().await;
     second.subscribe_ref("room", 8).await;
     second.wait_frame("subscribed", |f| f["type"] == "subscribed" && f["ref"] == 8).await;
+}
+
+/// Two servers on one Redis, heartbeat 1 s. Redis is stopped (SIGSTOP) or
+/// killed for three seconds while tabs of both generations open, on both
+/// servers, and a legacy watcher starts watching `__presence:room`: every
+/// current tab is acknowledged `subscribed`, and shortly after Redis is back
+/// every tab, the watcher and both servers show exactly the open tabs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_opened_during_an_outage_are_listed_once_redis_is_back() {
+    use presence_tests::fleet::{converge, Generation, Tab};
+    for fault in ["stalled", "restarted"] {
+        let mut redis = RedisServer::start();
+        let options = Options { heartbeat: Duration::from_secs(1), ttl: Duration::from_secs(8), ..fast_options() };
+        let config = ServerConfig {
+            redis: Some(presence::backend::redis::RedisOptions::new(redis.url())),
+            options,
+            ..ServerConfig::default()
+        };
+        let (a, b) = (Served::start(config.clone()).await, Served::start(config).await);
+        let topics = vec!["room".to_owned(), "hall".to_owned()];
+        let mut tabs = vec![
+            Tab::open(&a, 0, Generation::Current, "before-a", "room").await,
+            Tab::open(&b, 1, Generation::Legacy, "before-b", "room").await,
+        ];
+        let mut watcher = b.connect("id=watcher").await;
+        match fault {
+            "stalled" => redis.pause(),
+            _ => redis.kill(),
+        }
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        for (served, server) in [(&a, 0), (&b, 1)] {
+            for generation in [Generation::Current, Generation::Legacy] {
+                for topic in &topics {
+                    n += 1;
+                    tabs.push(Tab::open(served, server, generation, &format!("during-{n}"), topic).await);
+                }
+            }
+        }
+        watcher.subscribe("__presence:room").await;
+        let opened = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(opened)).await;
+        match fault {
+            "stalled" => redis.resume(),
+            _ => redis.restart(),
+        }
+        let back = std::time::Instant::now();
+        let settled = converge(&[&a, &b], &mut tabs, &topics, DEADLINE).await;
+        let want: std::collections::BTreeSet<String> =
+            tabs.iter().filter(|t| t.topic == "room").map(|t| t.user.clone()).collect();
+        poll::until("the watcher lists every tab on room", DEADLINE, async || {
+            watcher.drain_for(Duration::from_millis(5)).await;
+            let shown = watcher.legacy_view("room")?;
+            poll::when(shown == want, shown)
+        })
+        .await;
+        println!(
+            "Redis {fault} 3 s: {} tabs opened in {opened:?} meanwhile, all acknowledged; \
+             every tab and server right {settled:?} after it was back (watcher {:?})",
+            n,
+            back.elapsed()
+        );
+    }
+}
+
+/// A join kept while Redis was down, that Redis then refuses (the topic
+/// filled up meanwhile), closes the connection with 1013 — a code clients
+/// retry — instead of leaving it open and unlisted; on its next try the
+/// client hears why (`TOPIC_FULL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_join_refused_later_closes_the_socket_for_a_retry() {
+    let mut redis = RedisServer::start();
+    let options = Options { max_members_per_topic: 1, ..fast_options() };
+    let config = ServerConfig {
+        redis: Some(presence::backend::redis::RedisOptions::new(redis.url())),
+        options,
+        ..ServerConfig::default()
+    };
+    let (a, b) = (Served::start(config.clone()).await, Served::start(config).await);
+    let mut early = current(&b, "id=early").await;
+    early.subscribe_ref("hall", 1).await;
+    early.wait_frame("subscribed", |f| f["type"] == "subscribed").await;
+    redis.kill();
+    let mut late = current(&a, "id=late").await;
+    late.subscribe_ref("room", 2).await;
+    assert_eq!(late.wait_frame("an ack", |f| f["ref"] == 2).await["type"], "subscribed");
+    redis.restart();
+    // The topic fills up (b's join is made first) before a's kept join is.
+    let mut first = current(&b, "id=first").await;
+    first.subscribe_ref("room", 3).await;
+    first.wait_frame("an ack", |f| f["ref"] == 3).await;
+    let code = late.wait_closed().await;
+    let (first_in, late_in) = (first.presence_view("room").contains_key("first"), code.is_some());
+    assert!(late_in, "the kept join's socket was closed");
+    if first_in {
+        assert_eq!(code, Some(1013), "{:?}", late.close_reason);
+        assert!(late.close_reason.as_deref().is_some_and(|r| r.contains("TOPIC_FULL")), "{:?}", late.close_reason);
+        let mut retry = current(&a, "id=late").await;
+        retry.subscribe_ref("room", 4).await;
+        let denied = retry.wait_frame("a denial", |f| f["ref"] == 4).await;
+        assert_eq!(denied["reason"], "TOPIC_FULL", "{denied}");
+    }
+}
+
+/// A plugin's subscribe hook whose join meets a stalled Redis (calls that
+/// would wait longer than the hook's deadline) is not cut off: the join is
+/// kept, the client is acknowledged `subscribed`, not denied, and it gets
+/// its `presence_state` once Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_meets_a_stalled_redis_keeps_the_join() {
+    let redis = RedisServer::start();
+    let mut plugin = PluginConfig::new(build_guest("tests/guests/defaults"));
+    plugin.limits.hook_deadline = Duration::from_millis(800);
+    let mut options = presence::backend::redis::RedisOptions::new(redis.url());
+    options.timeout = Duration::from_secs(3);
+    let served = Served::start(ServerConfig { redis: Some(options), plugin: Some(plugin), ..config() }).await;
+    let mut client = current(&served, "id=ada").await;
+    client.wait_frame("welcome", |f| f["type"] == "welcome").await;
+    redis.pause();
+    let started = std::time::Instant::now();
+    client.subscribe_ref("room", 1).await;
+    let ack = client.wait_frame("an ack", |f| f["ref"] == 1).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered within the hook's deadline: {:?}", started.elapsed());
+    redis.resume();
+    client.wait_frame("state", |f| f["event"] == "presence_state" || f["type"] == "batch").await;
+    poll::until("ada is listed", DEADLINE, async || {
+        client.drain_for(Duration::from_millis(5)).await;
+        let view = client.presence_view("room");
+        poll::when(view.contains_key("ada"), view)
+    })
+    .await;
+}
+
+/// A session from the auth preflight lives no longer than the token it came
+/// from (the token gate's tokens say when they expire): accepted at once,
+/// refused (4401) once the token is gone, whatever the session ttl. Logout
+/// ends it in the browser; `Secure` is set when asked for or behind HTTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expires_with_its_token_and_logs_out() {
+    let wasm = build_guest("examples/token-gate");
+    let served = Served::start(ServerConfig {
+        plugin: Some(PluginConfig::new(wasm)),
+        cookie_secure: true,
+        session_keys: vec![vec![9; 32]],
+        ..config()
+    })
+    .await;
+    let exp = presence::backend::now_ms() + 2_000;
+    let token = sign_token(json!({"id": "ada", "name": "Ada", "roles": ["admin"], "exp": exp}));
+    let header = [("x-requested-with", "svelte-adapter-uws")];
+    let (status, response) = http_post(served.addr, &format!("/__ws/auth?token={token}"), &header).await;
+    assert_eq!(status, 204, "{response}");
+    let set_cookie = response.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
+    let max_age: u64 = set_cookie.split("Max-Age=").nth(1).unwrap().split(';').next().unwrap().trim().parse().unwrap();
+    assert!(max_age <= 2, "the cookie lives as long as the token: {set_cookie}");
+    assert!(set_cookie.contains("Secure") && set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let cookie = set_cookie.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_owned();
+    let url = served.url("/ws");
+    let mut fresh = WsClient::connect_with_cookie(&url, &cookie).await.unwrap();
+    fresh.wait_frame("welcome", |f| f["type"] == "welcome").await;
+    poll::until("the token expires", DEADLINE, async || {
+        let now = presence::backend::now_ms();
+        poll::when(now > exp + 1000, now)
+    })
+    .await;
+    let mut late = WsClient::connect_with_cookie(&url, &cookie).await.unwrap();
+    assert_eq!(late.wait_closed().await, Some(4401), "a session past its token is not accepted");
+
+    let (status, response) = http_delete(served.addr, "/__ws/auth", &header).await;
+    assert_eq!(status, 204);
+    assert!(response.contains("presence_session=;") && response.contains("Max-Age=0"), "{response}");
 }

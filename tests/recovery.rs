@@ -27,6 +27,7 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
 /// five users it no longer holds and re-asserts them, pipelined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_holds_are_found_even_after_a_join_recreated_the_hold() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let server = RedisServer::start();
     let store = Store::redis(&server);
     let a = Instance::start(&store, manual_ticks()).await;
@@ -54,7 +55,12 @@ async fn lost_holds_are_found_even_after_a_join_recreated_the_hold() {
     })
     .await;
     for i in 0..5 {
-        assert_eq!(watcher.count_for("join", &format!("u{i}")), 1, "no second join for a listed user");
+        assert_eq!(
+            watcher.count_for("join", &format!("u{i}")),
+            1,
+            "no second join for a listed user: {:#?}",
+            watcher.seen
+        );
     }
 }
 

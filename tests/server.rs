@@ -183,3 +183,53 @@ async fn two_instances_share_presence_and_shut_down_gracefully() {
     redis.kill();
     assert_eq!(a.get("/readyz").await.0, 503);
 }
+
+/// Secrets never reach a log through `{:?}`: the Redis password and the
+/// session keys are redacted from the server configuration.
+#[test]
+fn debug_output_carries_no_secret() {
+    let config = ServerConfig {
+        redis: Some(RedisOptions::new("redis://ada:hunter2@127.0.0.1:6379/,redis://ada:hunter2@127.0.0.1:6380/")),
+        session_keys: vec![b"an-unguessable-session-key-of-32-bytes".to_vec()],
+        ..ServerConfig::default()
+    };
+    let shown = format!("{config:?} {:#?}", config.redis);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("unguessable") && !shown.contains("97, 110"), "{shown}");
+    assert!(shown.contains("ada:***@"), "what is not secret stays: {shown}");
+}
+
+/// Without a plugin, the library serves the query-string identity to
+/// loopback clients only, unless the embedder names it (the preflight here,
+/// which authenticates as an upgrade does, from a client that is not on
+/// loopback); and user data beyond its bound is refused, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_identity_is_for_loopback_unless_asked_for() {
+    use axum::extract::connect_info::ConnectInfo;
+    use tower::ServiceExt;
+    let preflight = |server: &presence::server::PresenceServer, peer: &str, query: String| {
+        let mut request = axum::http::Request::post(format!("/__ws/auth?{query}"))
+            .header("x-requested-with", "svelte-adapter-uws")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        server.router().oneshot(request)
+    };
+    let small = ServerLimits { max_user_data_bytes: 4096, ..config().limits };
+    let strict = presence::server::PresenceServer::start(ServerConfig { limits: small, ..config() }).await.unwrap();
+    let refused = preflight(&strict, "203.0.113.7:5000", "id=ada".into()).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body = axum::body::to_bytes(refused.into_body(), 1 << 16).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("loopback"), "{body:?}");
+    let local = preflight(&strict, "127.0.0.1:5000", "id=ada".into()).await.unwrap();
+    assert_eq!(local.status(), 204);
+    let big = preflight(&strict, "127.0.0.1:5000", format!("id=ada&bio={}", "b".repeat(5000))).await.unwrap();
+    assert_eq!(big.status(), 403);
+    let body = axum::body::to_bytes(big.into_body(), 1 << 16).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("max_user_data_bytes"), "{body:?}");
+
+    let open =
+        presence::server::PresenceServer::start(ServerConfig { insecure_demo_auth: true, ..config() }).await.unwrap();
+    assert_eq!(preflight(&open, "203.0.113.7:5000", "id=ada".into()).await.unwrap().status(), 204);
+}

@@ -32,6 +32,7 @@ impl Presenced {
         let child = Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--redis", redis, "--send-queue-bytes", "67108864"])
             .args(["--max-connections", "100000", "--max-connections-per-address", "100000"])
+            .args(["--max-pending-per-address", "100000"])
             .args(["--messages-per-second", "1000", "--redis-timeout-ms", "10000"])
             // Two servers, Redis and this load generator share the machine's
             // cores: one worker each saves the handoffs between idle threads.

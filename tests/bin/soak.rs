@@ -2,7 +2,11 @@
 //! `--seconds` have passed (at least one seed), print each seed's report, and
 //! stop at the first failure with the seed that reproduces it.
 //!
-//! Usage: soak [--seed N] [--seconds S] [--steps K]
+//! Usage: soak [--seed N] [--seconds S] [--steps K] [--cluster]
+//!
+//! `--cluster` runs each seed on a three-master Redis Cluster, with its
+//! faults (a master killed, a replica promoted, a slot migrated, a master
+//! paused) instead of one Redis's.
 
 use presence_tests::model::{run, Config};
 use std::time::{Duration, Instant};
@@ -20,10 +24,11 @@ async fn main() {
     let first = flag("--seed", 1);
     let until = Instant::now() + Duration::from_secs(flag("--seconds", 60));
     let steps = flag("--steps", Config::new(0).steps as u64) as usize;
+    let cluster = args.iter().any(|a| a == "--cluster");
     let (mut seeds, mut operations) = (0, 0);
     let mut seed = first;
     loop {
-        let config = Config { steps, ..Config::new(seed) };
+        let config = Config { steps, ..if cluster { Config::on_cluster(seed) } else { Config::new(seed) } };
         match run(config).await {
             Ok(report) => {
                 println!("seed {seed}: ok {report:?}");
@@ -32,7 +37,8 @@ async fn main() {
             }
             Err(e) => {
                 eprintln!("seed {seed}: FAILED: {e}");
-                eprintln!("replay: cargo run -p presence-tests --bin soak -- --seed {seed} --seconds 0");
+                let flag = if cluster { " --cluster" } else { "" };
+                eprintln!("replay: cargo run -p presence-tests --bin soak -- --seed {seed} --seconds 0{flag}");
                 std::process::exit(1);
             }
         }

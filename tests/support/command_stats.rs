@@ -34,6 +34,18 @@ pub fn read(con: &mut redis::Connection) -> CommandStats {
     stats
 }
 
+/// How many times Redis ran `command` (lower case, e.g. `hgetall`), inside
+/// scripts included.
+pub fn calls(con: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Zero every count (`CONFIG RESETSTAT`).
 pub fn reset(con: &mut redis::Connection) {
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(con).unwrap();

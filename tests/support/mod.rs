@@ -3,6 +3,7 @@
 //! envelopes with deadlines instead of sleeping.
 
 pub mod command_stats;
+pub mod fleet;
 pub mod guests;
 pub mod model;
 pub mod poll;

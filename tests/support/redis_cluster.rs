@@ -263,6 +263,143 @@ impl RedisCluster {
         node.kill();
     }
 
+    /// The master serving `slot`.
+    pub fn master_of_slot(&self, slot: u16) -> Master {
+        let port = *self.nodes.keys().next().expect("a live node");
+        let slots: redis::Value = self.try_query(port, redis::cmd("CLUSTER").arg("SLOTS")).expect("CLUSTER SLOTS");
+        let redis::Value::Array(ranges) = slots else { panic!("CLUSTER SLOTS: {slots:?}") };
+        for range in ranges {
+            let redis::Value::Array(fields) = range else { continue };
+            let (redis::Value::Int(a), redis::Value::Int(b), redis::Value::Array(master)) =
+                (&fields[0], &fields[1], &fields[2])
+            else {
+                continue;
+            };
+            if (*a..=*b).contains(&(slot as i64)) {
+                let redis::Value::Int(port) = master[1] else { panic!("port") };
+                let port = port as u16;
+                return self.masters().into_iter().find(|m| m.port == port).expect("a master of the table");
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+
+    /// Move `slot` to the master `to` the way `redis-cli --cluster reshard`
+    /// does, one key at a time with `pause` between keys, so that traffic
+    /// meets the slot half moved: `ASK` redirections for keys already gone,
+    /// `TRYAGAIN` for a script whose keys are on both sides. Returns how
+    /// many keys it moved.
+    pub fn migrate_slot_key_by_key(&self, slot: u16, to: &Master, pause: Duration) -> usize {
+        let from = self.master_of_slot(slot);
+        assert_ne!(from.port, to.port, "slot {slot} is already on {}", to.port);
+        let run = |port: u16, cmd: &mut redis::Cmd| {
+            let client = self.access.client(port);
+            let mut conn = client.get_connection_with_timeout(Duration::from_secs(2)).expect("connect to a node");
+            cmd.query::<redis::Value>(&mut conn).unwrap_or_else(|e| panic!("{cmd:?} on {port}: {e}"))
+        };
+        run(to.port, redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("IMPORTING").arg(&from.id));
+        run(from.port, redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("MIGRATING").arg(&to.id));
+        let mut moved = 0;
+        loop {
+            let keys = run(from.port, redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1));
+            let redis::Value::Array(keys) = keys else { panic!("GETKEYSINSLOT: {keys:?}") };
+            let Some(redis::Value::BulkString(key)) = keys.into_iter().next() else { break };
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate.arg("127.0.0.1").arg(to.port).arg("").arg(0).arg(5000).arg("REPLACE");
+            if let Some((_, _, user, password)) = &self.access.tls {
+                migrate.arg("AUTH2").arg(user).arg(password);
+            }
+            migrate.arg("KEYS").arg(key);
+            run(from.port, &mut migrate);
+            moved += 1;
+            std::thread::sleep(pause);
+        }
+        for port in [to.port, from.port].into_iter().chain(self.masters().iter().map(|m| m.port)) {
+            run(port, redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&to.id));
+        }
+        moved
+    }
+
+    /// Promote `replica_port` (a replica) with `CLUSTER FAILOVER`: its master
+    /// steps down in order, nothing is lost.
+    pub fn promote(&self, replica_port: u16) {
+        let _: redis::Value = self
+            .try_query(replica_port, redis::cmd("CLUSTER").arg("FAILOVER"))
+            .unwrap_or_else(|| panic!("CLUSTER FAILOVER on {replica_port}"));
+    }
+
+    /// The replica of the master on `master_port`.
+    pub fn replica_of(&self, master_port: u16) -> u16 {
+        let master = self.masters().into_iter().find(|m| m.port == master_port).expect("a master");
+        let nodes: String = self.try_query(master_port, redis::cmd("CLUSTER").arg("NODES")).expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let follows = fields.get(3) == Some(&master.id.as_str()) && !fields.get(2)?.contains("fail");
+                follows.then(|| fields[1].split(['@', ':']).nth(1)?.parse().ok())?
+            })
+            .next()
+            .unwrap_or_else(|| panic!("master {master_port} has no live replica:\n{nodes}"))
+    }
+
+    /// Start a killed node again on its port, with its cluster
+    /// configuration: it rejoins as a replica of the master that replaced it.
+    pub fn revive(&mut self, port: u16, node: RedisServer) {
+        self.nodes.insert(port, node);
+    }
+
+    /// Take a node out, to stop it (SIGSTOP/SIGKILL) and give it back with
+    /// [`RedisCluster::revive`].
+    pub fn take(&mut self, port: u16) -> RedisServer {
+        self.nodes.remove(&port).expect("a node of this cluster")
+    }
+
+    /// Errors the masters answered, by kind (`ASK`, `TRYAGAIN`, `MOVED`…),
+    /// from `INFO errorstats`.
+    pub fn error_stats(&self) -> BTreeMap<String, u64> {
+        let mut stats = BTreeMap::new();
+        for master in self.masters() {
+            let info: String = self.try_query(master.port, redis::cmd("INFO").arg("errorstats")).unwrap_or_default();
+            for line in info.lines() {
+                let Some((kind, rest)) = line.strip_prefix("errorstat_").and_then(|l| l.split_once(":count=")) else {
+                    continue;
+                };
+                *stats.entry(kind.to_owned()).or_default() += rest.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+        stats
+    }
+
+    /// The ports of every live node.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// SIGSTOP one node: it stops answering, its connections stay open.
+    pub fn pause(&self, port: u16) {
+        self.nodes[&port].pause();
+    }
+
+    /// SIGCONT a node paused with [`RedisCluster::pause`].
+    pub fn resume(&self, port: u16) {
+        self.nodes[&port].resume();
+    }
+
+    /// Wait until the live nodes agree and cover every slot, without
+    /// asking every master for a synced replica (one was just lost).
+    pub fn wait_settled_without(&self, lost: u16) {
+        super::poll::until_blocking("the cluster fails over", SETTLE, || {
+            let masters = self.masters();
+            let covered = masters.iter().map(|m| m.slots).sum::<usize>() == 16384;
+            let ok = self.nodes.keys().all(|&p| {
+                self.try_query::<String>(p, redis::cmd("CLUSTER").arg("INFO"))
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            super::poll::when(covered && ok && masters.iter().all(|m| m.port != lost), masters)
+        });
+    }
+
     /// Run `redis-cli --cluster <args…>` against a live node; panics with
     /// its output when it fails.
     pub fn cli(&self, args: &[&str]) -> String {

@@ -59,10 +59,20 @@ impl Drop for Served {
 
 /// A minimal HTTP/1.1 POST with extra headers: (status, response headers and body).
 pub async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request(addr, "POST", path, headers).await
+}
+
+/// A minimal HTTP/1.1 DELETE with extra headers: (status, response headers and body).
+pub async fn http_delete(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request(addr, "DELETE", path, headers).await
+}
+
+async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
-    let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -192,6 +202,27 @@ impl WsClient {
             tokio::time::timeout(until.saturating_duration_since(Instant::now()), self.stream.next()).await
         {
             self.seen.push(serde_json::from_str(&text).expect("server sends JSON"));
+        }
+    }
+
+    /// Read whatever arrives within `period`, noting a close (its code in
+    /// `closed`); true once the socket is closed.
+    pub async fn drain_until_closed(&mut self, period: Duration) -> bool {
+        let until = Instant::now() + period;
+        loop {
+            match tokio::time::timeout(until.saturating_duration_since(Instant::now()), self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => self.seen.push(serde_json::from_str(&text).expect("JSON")),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    self.closed = Some(frame.map(|f| f.code.into()));
+                    return true;
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) => {
+                    self.closed.get_or_insert(None);
+                    return true;
+                }
+                Err(_) => return false,
+            }
         }
     }
 

@@ -3,7 +3,8 @@
 //! `log-spam`, `host-spam`, `huge`, `huge-imports`, `not-json`, `passwd`,
 //! `socket`, `env`); without one it answers like a normal plugin.
 //! Its subscribe hook joins, then never returns on `hang-*` topics (the host
-//! must cut it off without cutting the join in half). Its `authorize` refuses
+//! must cut it off without cutting the join in half), and fails on
+//! `forge-*` topics with an error that tries to forge a log record. Its `authorize` refuses
 //! `word-*` topics with a machine word, `prose-*` with a sentence, and traps
 //! on `trap-*`; its `authenticate` refuses `?deny=<status>` with that status
 //! (any number, valid or not) and traps on `?trap=1`.
@@ -108,6 +109,10 @@ impl Plugin for Hostile {
     }
 
     fn on_subscribe(conn: Connection, topic: String) -> Result<(), String> {
+        if topic.starts_with("forge-") {
+            // An error that tries to forge a log record of its own.
+            return Err("oops\n2026-01-01T00:00:00.000000Z ERROR presence: admin logged in".into());
+        }
         if !topic.starts_with("hang-") {
             return presence_guest::defaults::on_subscribe(conn.id, &topic);
         }
