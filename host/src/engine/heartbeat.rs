@@ -76,8 +76,15 @@ impl Inner {
         self.settle_after(refreshed).await;
     }
 
-    /// Step 1: refresh holds and sweep, one pipelined batch.
+    /// Step 1: refresh holds and sweep, one pipelined batch (timed).
     pub(super) async fn refresh(&self) -> Refreshed {
+        let started = std::time::Instant::now();
+        let refreshed = self.refresh_holds().await;
+        self.last_refresh_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        refreshed
+    }
+
+    async fn refresh_holds(&self) -> Refreshed {
         let topics: Vec<Arc<Topic>> =
             if self.check_alive().is_ok() { lock(&self.topics).values().cloned().collect() } else { Vec::new() };
         let ready: Vec<&Arc<Topic>> = topics.iter().filter(|t| t.ready.initialized()).collect();

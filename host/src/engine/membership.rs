@@ -220,7 +220,9 @@ impl Inner {
         }
     }
 
-    pub(super) async fn join(&self, conn: ConnId, name: &str) -> Result<(), Error> {
+    /// Join `conn` to `name`; `public` is the user's public data when the
+    /// caller ran its own `select` (JSON text), else `select` runs here.
+    pub(super) async fn join(&self, conn: ConnId, name: &str, public: Option<String>) -> Result<(), Error> {
         self.check(name)?;
         if name.starts_with("__") || lock(&self.conns).get(&conn).is_some_and(|c| c.joined.contains_key(name)) {
             return Ok(());
@@ -231,7 +233,10 @@ impl Inner {
         if key.len() > self.options.max_key_bytes {
             return Err(Error::KeyTooLong { size: key.len(), limit: self.options.max_key_bytes });
         }
-        let data = self.public_data(user_data).await?;
+        let data = match public {
+            Some(json) => self.checked_public_data(json)?,
+            None => self.public_data(user_data).await?,
+        };
         // A second pass only follows a join refused because the topic was cleared.
         for _ in 0..2 {
             let topic = self.topic(name);

@@ -234,6 +234,8 @@ pub(crate) struct Inner {
     upkeep: upkeep::Upkeep,
     /// Whether the backend answers, as the engine's calls see it.
     outage: outage::Outage,
+    /// How long the last heartbeat's refresh took, in microseconds.
+    last_refresh_us: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -273,6 +275,7 @@ impl Presence {
             ticks: Default::default(),
             upkeep,
             outage: Default::default(),
+            last_refresh_us: Default::default(),
         });
         let supervisor = Arc::new(Supervisor::default());
         let events: events::Events = Arc::new(tokio::sync::Mutex::new(events));
@@ -342,6 +345,19 @@ impl Presence {
     /// instance's clients as one difference instead of one event each.
     pub fn is_resyncing(&self) -> bool {
         self.inner.resyncs.pending()
+    }
+
+    /// Users this instance shows, summed over its topics in use (a user in
+    /// two topics counts twice), from its replicas: no round trip.
+    pub fn local_users(&self) -> u64 {
+        let topics: Vec<Arc<Topic>> = lock(&self.inner.topics).values().cloned().collect();
+        let lingering = lock(&self.inner.lingering);
+        topics.iter().filter(|t| !lingering.contains(&t.name)).map(|t| t.lock().replica.len() as u64).sum()
+    }
+
+    /// How long the last heartbeat's refresh took (zero before the first).
+    pub fn last_heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.inner.last_refresh_us.load(Ordering::Relaxed))
     }
 
     /// Local connections the engine tracks (joined or observing). A
@@ -417,7 +433,21 @@ impl Presence {
         // A caller that stopped waiting (a plugin hook out of time) has told
         // its client nothing final: the platform hears of a late refusal.
         self.detached_or(
-            move |inner| async move { inner.join(conn, &topic).await },
+            move |inner| async move { inner.join(conn, &topic, None).await },
+            move |inner, refused| inner.platform.refused(conn, &name, &refused),
+        )
+        .await
+    }
+
+    /// [`Presence::join`] with public data the caller's own `select` made
+    /// (JSON text): the engine's `select` is not asked. Checked as `select`'s
+    /// output is (JSON, within `max_data_bytes`); the user key still comes
+    /// from the connection's raw user data.
+    pub async fn join_with_data(&self, conn: ConnId, topic: &str, public: String) -> Result<(), Error> {
+        let name = topic.to_owned();
+        let topic = name.clone();
+        self.detached_or(
+            move |inner| async move { inner.join(conn, &topic, Some(public)).await },
             move |inner, refused| inner.platform.refused(conn, &name, &refused),
         )
         .await
@@ -643,6 +673,18 @@ impl Inner {
         }
         .map_err(Error::Select)?;
         let json = serde_json::to_string(&public).map_err(|e| Error::Select(e.to_string()))?;
+        self.within_data_limit(json)
+    }
+
+    /// Public data a caller produced: JSON, within `max_data_bytes`.
+    fn checked_public_data(&self, json: String) -> Result<String, Error> {
+        let json = self.within_data_limit(json)?;
+        serde_json::from_str::<&serde_json::value::RawValue>(&json)
+            .map_err(|e| Error::Select(format!("the public data is not JSON: {e}")))?;
+        Ok(json)
+    }
+
+    fn within_data_limit(&self, json: String) -> Result<String, Error> {
         if json.len() > self.options.max_data_bytes {
             return Err(Error::DataTooLarge { size: json.len(), limit: self.options.max_data_bytes });
         }
