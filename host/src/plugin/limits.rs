@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 /// How long one epoch tick is: the granularity of every deadline.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -84,15 +84,16 @@ impl Limits {
 
     /// The caps of one store: growing past them traps, creating past them
     /// fails the instantiation.
-    pub fn store_limits(&self) -> StoreLimits {
-        StoreLimitsBuilder::new()
+    pub fn store_limits(&self) -> GuestLimits {
+        let caps = StoreLimitsBuilder::new()
             .memory_size(self.memory_bytes)
             .table_elements(self.table_elements)
             .instances(Self::CORE_INSTANCES)
             .tables(Self::TABLES)
             .memories(Self::MEMORIES)
             .trap_on_grow_failure(true)
-            .build()
+            .build();
+        GuestLimits { caps, largest_memory: 0, retire_above: self.memory_bytes / 4 * 3 }
     }
 
     /// Every limit must make sense; zero deadlines or budgets are mistakes.
@@ -158,5 +159,49 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One store's caps ([`StoreLimits`]), remembering the largest linear memory
+/// they granted: an instance past three quarters of its cap is retired after
+/// its call instead of going back to the pool. A garbage-collected guest
+/// (JavaScript, Python) grows its heap and never gives memory back, so
+/// without this it would reach the cap in the middle of some later call.
+pub struct GuestLimits {
+    caps: StoreLimits,
+    largest_memory: usize,
+    retire_above: usize,
+}
+
+impl GuestLimits {
+    /// Should the instance be replaced rather than reused?
+    pub fn worn_out(&self) -> bool {
+        self.largest_memory > self.retire_above
+    }
+}
+
+impl ResourceLimiter for GuestLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let granted = self.caps.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.largest_memory = self.largest_memory.max(desired);
+        }
+        Ok(granted)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.caps.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.caps.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.caps.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.caps.memories()
     }
 }

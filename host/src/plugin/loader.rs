@@ -5,6 +5,7 @@
 
 use super::bindings::{PluginPre, CONTRACT_VERSION, GUEST_INTERFACE};
 use super::cache::Cache;
+use super::incremental::FunctionCache;
 use super::state::GuestState;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -74,6 +75,25 @@ pub struct Prepared {
     pub pre: PluginPre<GuestState>,
     /// sha256 of the component bytes.
     pub digest: String,
+    /// Compiled now rather than loaded from the cache: what to write there
+    /// (after the version is serving; writing tens of MB waits for the disk).
+    pub unsaved: Option<Unsaved>,
+}
+
+/// A freshly compiled component, not yet in the cache.
+pub struct Unsaved {
+    name: String,
+    component: Component,
+}
+
+impl Unsaved {
+    /// Write the artifact, and the compiled functions the next version reuses.
+    pub fn save(self, cache: Option<&Cache>, functions: &FunctionCache) {
+        functions.compiled();
+        if let (Some(cache), Ok(artifact)) = (cache, self.component.serialize()) {
+            cache.store(&self.name, &artifact);
+        }
+    }
 }
 
 /// Core module, component, or neither — from the 8-byte preamble.
@@ -89,7 +109,12 @@ fn check_preamble(bytes: &[u8]) -> Result<(), LoadError> {
 
 /// Compile, or reuse the artifact cached for these exact bytes and this
 /// exact engine (the cache proves it wrote the artifact before handing it out).
-fn compile(engine: &Engine, bytes: &[u8], digest: &str, cache: Option<&Cache>) -> Result<Component, LoadError> {
+fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+    digest: &str,
+    cache: Option<&Cache>,
+) -> Result<(Component, Option<Unsaved>), LoadError> {
     let compat = {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
@@ -101,15 +126,14 @@ fn compile(engine: &Engine, bytes: &[u8], digest: &str, cache: Option<&Cache>) -
         // they are what `Component::serialize` produced below, for a name
         // that pins both the source bytes and the engine's compatibility hash.
         match unsafe { Component::deserialize(engine, &artifact) } {
-            Ok(component) => return Ok(component),
+            Ok(component) => return Ok((component, None)),
             Err(e) => tracing::warn!(name, error = %e, "plugin cache artifact unusable; compiling"),
         }
     }
+    let started = std::time::Instant::now();
     let component = Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-    if let (Some(cache), Ok(artifact)) = (cache, component.serialize()) {
-        cache.store(&name, &artifact);
-    }
-    Ok(component)
+    tracing::info!(bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, "plugin compiled");
+    Ok((component.clone(), Some(Unsaved { name, component })))
 }
 
 /// The guest export must be our interface, in a version this host serves.
@@ -147,7 +171,7 @@ pub fn prepare(
 ) -> Result<Prepared, LoadError> {
     check_preamble(bytes)?;
     let digest = format!("{:x}", Sha256::digest(bytes));
-    let component = compile(engine, bytes, &digest, cache)?;
+    let (component, unsaved) = compile(engine, bytes, &digest, cache)?;
     check_exports(engine, &component)?;
     let unknown_imports: Vec<String> = component
         .component_type()
@@ -166,7 +190,7 @@ pub fn prepare(
     }
     let instance_pre = linker.instantiate_pre(&component).map_err(|e| LoadError::World(format!("{e:#}")))?;
     let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
-    Ok(Prepared { pre, digest })
+    Ok(Prepared { pre, digest, unsaved })
 }
 
 #[cfg(test)]

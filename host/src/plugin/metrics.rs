@@ -89,6 +89,9 @@ pub struct PluginMetrics {
     pub dropped_log_lines: AtomicU64,
     /// Precompiled artifacts refused (planted, damaged, wrong owner or mode).
     pub cache_rejected: AtomicU64,
+    /// Instances retired after a call because their memory neared its cap
+    /// (a garbage-collected guest's heap only grows).
+    pub retired_instances: AtomicU64,
 }
 
 impl PluginMetrics {
@@ -112,6 +115,8 @@ impl PluginMetrics {
         let _ = writeln!(out, "presence_plugin_dropped_log_lines_total {}", self.dropped_log_lines.load(Relaxed));
         let _ = writeln!(out, "# TYPE presence_plugin_cache_rejected_total counter");
         let _ = writeln!(out, "presence_plugin_cache_rejected_total {}", self.cache_rejected.load(Relaxed));
+        let _ = writeln!(out, "# TYPE presence_plugin_retired_instances_total counter");
+        let _ = writeln!(out, "presence_plugin_retired_instances_total {}", self.retired_instances.load(Relaxed));
         for (name, pick) in [
             ("calls", (|m: &ExportMetrics| &m.calls) as fn(&ExportMetrics) -> &AtomicU64),
             ("errors", |m| &m.errors),

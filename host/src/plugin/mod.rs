@@ -5,7 +5,8 @@
 //!   provides; `state`: a store's data (deny-by-default WASI, budgets).
 //! - `limits`: deadlines, memory cap, budgets, the epoch ticker.
 //! - `loader`: bytes → checked component; `cache`: precompiled artifacts,
-//!   trusted only when authenticated as the host's own.
+//!   trusted only when authenticated as the host's own; `incremental`:
+//!   compiled functions reused by the next version's compile.
 //! - `runtime`: calls on pooled instances under deadlines.
 //! - `reload`: watch the file, swap versions atomically.
 //! - [`kv`]: the plugin key-value store; [`metrics`]: per-export counters.
@@ -17,6 +18,7 @@
 mod bindings;
 mod cache;
 mod host;
+mod incremental;
 pub mod kv;
 mod limits;
 mod loader;
@@ -80,7 +82,8 @@ pub(crate) struct Shared {
     linker: Linker<GuestState>,
     env: Arc<HostEnv>,
     config: PluginConfig,
-    cache: Option<cache::Cache>,
+    cache: Option<Arc<cache::Cache>>,
+    functions: Arc<incremental::FunctionCache>,
     current: ArcSwapOption<Loaded>,
     generations: AtomicU64,
     /// One reload at a time; the digest of the last bytes refused (they
@@ -115,9 +118,11 @@ pub struct PluginHost {
 /// that fails on purpose (or a client that makes it) cannot flood the log.
 const FAILURES_LOGGED_PER_SECOND: u64 = 20;
 
-fn engine() -> Result<Engine, LoadError> {
+fn engine(functions: Arc<incremental::FunctionCache>) -> Result<Engine, LoadError> {
     let mut config = Config::new();
     config.epoch_interruption(true).wasm_component_model(true);
+    // A new version compiles only the functions that changed.
+    config.enable_incremental_compilation(functions).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
     // Bounded guest stack: runaway recursion traps instead of exhausting the host.
     config.max_wasm_stack(1 << 20);
     // Compilation runs on one thread (wasmtime's `parallel-compilation`
@@ -132,7 +137,13 @@ impl PluginHost {
     /// configured, start watching its file.
     pub async fn start(config: PluginConfig, kv: Arc<dyn kv::PluginKv>) -> Result<Self, LoadError> {
         config.limits.validate().map_err(LoadError::Config)?;
-        let engine = engine()?;
+        let metrics = Arc::new(metrics::PluginMetrics::default());
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(Arc::new(cache::Cache::open(dir, metrics.clone())?)),
+            None => None,
+        };
+        let functions = Arc::new(incremental::FunctionCache::new(cache.clone()));
+        let engine = engine(functions.clone())?;
         let mut linker = Linker::new(&engine);
         let link = |e: wasmtime::Error| LoadError::World(format!("cannot link host imports: {e:#}"));
         // WASI with an empty context: guests that import it instantiate, and get nothing.
@@ -142,15 +153,11 @@ impl PluginHost {
             presence: Default::default(),
             kv,
             limits: config.limits.clone(),
-            metrics: Default::default(),
+            metrics,
             log: LogLimiter::new(config.log_lines_per_second),
             instances: Arc::new(tokio::sync::Semaphore::new(config.limits.max_instances)),
             hooks: Arc::new(tokio::sync::Semaphore::new(config.limits.hook_instances())),
         });
-        let cache = match &config.cache_dir {
-            Some(dir) => Some(cache::Cache::open(dir, env.metrics.clone())?),
-            None => None,
-        };
         let shared = Arc::new(Shared {
             failures: LogLimiter::new(FAILURES_LOGGED_PER_SECOND),
             _ticker: limits::EpochTicker::start(&engine),
@@ -159,6 +166,7 @@ impl PluginHost {
             env,
             config,
             cache,
+            functions,
             current: ArcSwapOption::empty(),
             generations: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(None),
@@ -214,6 +222,15 @@ impl PluginHost {
     #[doc(hidden)]
     pub async fn instantiate_once(&self) -> Result<std::time::Duration, CallError> {
         self.shared.instantiate_once().await
+    }
+
+    /// Put `n` fresh instances of the current version in the idle pool (at
+    /// most `max_idle_instances`), each having served a `select` of
+    /// `user_data`: what the bench measures memory per live instance with.
+    #[doc(hidden)]
+    pub async fn fill_pool(&self, n: usize, user_data: &Value) -> Result<(), CallError> {
+        let loaded = self.shared.current.load_full().ok_or(CallError::NoPlugin)?;
+        loaded.fill(&self.shared.engine, &self.shared.env, n, &user_data.to_string()).await
     }
 
     /// The plugin's `select`, for [`crate::Options::select`].
@@ -447,19 +464,33 @@ impl Shared {
     async fn prepare(self: &Arc<Self>, bytes: Vec<u8>) -> Result<u64, LoadError> {
         let this = self.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            loader::prepare(&this.engine, &this.linker, &bytes, this.cache.as_ref())
+            loader::prepare(&this.engine, &this.linker, &bytes, this.cache.as_deref())
         })
         .await
-        .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))??;
+        .map_err(|e| LoadError::Compile(format!("compiler task failed: {e}")))?;
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(refused) => {
+                // What the compile added to the function cache is still worth keeping.
+                let this = self.clone();
+                let _ = tokio::task::spawn_blocking(move || this.functions.compiled()).await;
+                return Err(refused);
+            }
+        };
         let generation = self.generations.load(Ordering::Relaxed) + 1;
         let candidate = Arc::new(Loaded::new(generation, prepared.digest, prepared.pre));
         // Smoke call: the new version must at least answer `select` in time.
-        candidate
-            .call(&self.engine, &self.env, Call::Select(r#"{"id":"smoke-test"}"#.into()))
-            .await
-            .map_err(|e| LoadError::Smoke(e.to_string()))?;
-        self.generations.store(generation, Ordering::Relaxed);
-        self.current.store(Some(candidate));
+        let smoke = candidate.call(&self.engine, &self.env, Call::Select(r#"{"id":"smoke-test"}"#.into())).await;
+        if smoke.is_ok() {
+            self.generations.store(generation, Ordering::Relaxed);
+            self.current.store(Some(candidate));
+        }
+        // Serving (or refused): now the artifacts may take their time.
+        if let Some(unsaved) = prepared.unsaved {
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || unsaved.save(this.cache.as_deref(), &this.functions)).await;
+        }
+        smoke.map_err(|e| LoadError::Smoke(e.to_string()))?;
         Ok(generation)
     }
 }

@@ -148,6 +148,23 @@ impl Loaded {
         }
     }
 
+    /// Instantiate until `n` instances are idle (bounded by the pool's size
+    /// and the places left), each having served one `select` of `user_data`
+    /// (so its memory is what a live instance's is).
+    pub async fn fill(&self, engine: &Engine, env: &Arc<HostEnv>, n: usize, user_data: &str) -> Result<(), CallError> {
+        while self.idle.lock().unwrap().len() < n.min(env.limits.max_idle_instances) {
+            let Ok(place) = env.instances.clone().try_acquire_owned() else { break };
+            let mut instance = self.fresh(engine, env, Export::Select, place).await?;
+            instance.store.data_mut().deadline_at = Some(Instant::now() + env.limits.instantiate_deadline);
+            instance.store.set_epoch_deadline(1);
+            invoke(&mut instance, Call::Select(user_data.to_owned()))
+                .await
+                .map_err(|e| CallError::Trap { export: "select", message: describe(&e, &env.limits) })?;
+            self.idle.lock().unwrap().push(instance);
+        }
+        Ok(())
+    }
+
     /// Run one call on a pooled (or new) instance, under the export's deadline.
     pub async fn call(&self, engine: &Engine, env: &Arc<HostEnv>, call: Call) -> Result<Reply, CallError> {
         let export = call.export();
@@ -203,9 +220,13 @@ impl Loaded {
         metrics.observe(started.elapsed());
         match outcome {
             Ok(Ok((instance, reply))) => {
-                let mut idle = self.idle.lock().unwrap();
-                if idle.len() < env.limits.max_idle_instances {
-                    idle.push(instance);
+                if instance.store.data().store_limits.worn_out() {
+                    env.metrics.retired_instances.fetch_add(1, Relaxed);
+                } else {
+                    let mut idle = self.idle.lock().unwrap();
+                    if idle.len() < env.limits.max_idle_instances {
+                        idle.push(instance);
+                    }
                 }
                 if matches!(&reply, Reply::Unit(Err(_)) | Reply::Select(Err(_))) {
                     metrics.errors.fetch_add(1, Relaxed);

@@ -4,6 +4,7 @@
 //! imports use, and the budget of the call in progress.
 
 use super::kv::PluginKv;
+use super::limits::GuestLimits;
 use super::limits::Limits;
 use super::metrics::PluginMetrics;
 use crate::engine::WeakPresence;
@@ -15,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
-use wasmtime::StoreLimits;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -69,7 +69,7 @@ impl LogLimiter {
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub store_limits: StoreLimits,
+    pub store_limits: GuestLimits,
     pub env: Arc<HostEnv>,
     pub host_calls_left: u32,
     /// Log lines the call in progress may still emit, through `log.log` and
