@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "plugins/js.rs"]
+mod js;
+
 /// Tests that measure deadlines while other tests compile components would
 /// share two cores with cranelift; they take turns instead.
 static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

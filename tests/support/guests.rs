@@ -117,3 +117,68 @@ pub fn build_wat_guest(name: &str, fields: &str, authorize: &str) -> PathBuf {
     std::fs::write(&path, component).unwrap();
     path
 }
+
+/// Build the TypeScript guest at `guest_dir` (relative to the workspace; its
+/// entry is `src/index.ts`) with the toolchain `examples/` installs (`npm ci`
+/// there; `.ci/run` does it): types generated from `wit/` by `jco
+/// guest-types`, checked by `tsc --noEmit`, then `jco componentize` with
+/// every optional WASI feature disabled. Returns the component's path.
+pub fn build_js_guest(guest_dir: &str) -> PathBuf {
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let root = workspace();
+    let bin = root.join("examples/node_modules/.bin");
+    assert!(bin.join("jco").exists(), "the JS toolchain is missing: run `npm ci` in examples/ (.ci/run does it)");
+    let dir = root.join(guest_dir);
+    let out_dir = root.join("target").join("guests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let name = Path::new(guest_dir).file_name().unwrap().to_string_lossy().replace('-', "_");
+    let wasm = out_dir.join(format!("{name}.wasm"));
+    let run = |what: &str, command: &mut Command| {
+        let output = command.current_dir(&dir).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what} failed for {guest_dir}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let wit = root.join("wit");
+    run(
+        "jco guest-types",
+        Command::new(bin.join("jco")).arg("guest-types").arg(&wit).args(["--world-name", "plugin", "-o", "types"]),
+    );
+    run("tsc --noEmit", Command::new(bin.join("tsc")).arg("--noEmit"));
+    run(
+        "jco componentize",
+        Command::new(bin.join("jco"))
+            .args(["componentize", "src/index.ts", "--wit"])
+            .arg(&wit)
+            .args(["--world-name", "plugin", "--disable", "all", "-o"])
+            .arg(&wasm),
+    );
+    wasm
+}
+
+/// The interfaces a component imports, by name (`wasi:…`, `presence:plugin/…`).
+pub fn component_imports(wasm: &Path) -> Vec<String> {
+    let bytes = std::fs::read(wasm).unwrap();
+    let decoded = wit_component::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e:#}", wasm.display()));
+    let wit_component::DecodedWasm::Component(resolve, world) = decoded else {
+        panic!("{} is a WIT package, not a component", wasm.display());
+    };
+    resolve.worlds[world].imports.keys().map(|key| resolve.name_world_key(key)).collect()
+}
+
+/// The JS guest at `guest_dir` with `edit` applied to its `src/index.ts`
+/// (a one-line change of a policy), built as `name`. The copy lives inside
+/// `examples/node_modules/.cache/`, so it resolves the same npm packages.
+pub fn edited_js_guest(guest_dir: &str, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let root = workspace();
+    let relative = format!("examples/node_modules/.cache/presence-guests/{name}");
+    let (from, to) = (root.join(guest_dir), root.join(&relative));
+    std::fs::create_dir_all(to.join("src")).unwrap();
+    std::fs::copy(from.join("tsconfig.json"), to.join("tsconfig.json")).unwrap();
+    let source = std::fs::read_to_string(from.join("src/index.ts")).unwrap();
+    std::fs::write(to.join("src/index.ts"), edit(source)).unwrap();
+    build_js_guest(&relative)
+}
