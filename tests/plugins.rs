@@ -59,25 +59,31 @@ async fn defaults_reproduce_the_builtin_behaviour() {
     let plugin = host(&build_guest("tests/guests/defaults")).await;
     let user = plugin.authenticate(request("id=ada&name=Ada%20L&token=s")).await.unwrap();
     assert_eq!(user, json!({"id": "ada", "name": "Ada L", "token": "s"}));
-    let (presence, hub) = engine_with(&plugin).await;
+    // A regular topic joins, with the default select applied.
+    hooks_route_like_the_builtin(&plugin, &user, json!({"id": "ada", "name": "Ada L"})).await;
+}
+
+/// The built-in hooks, as every guest that keeps them must route: a
+/// regular topic joins (the list shows `public`), `__presence:x` watches
+/// without joining, other `__` topics do nothing, unsubscribe leaves the
+/// topic, close leaves everything.
+async fn hooks_route_like_the_builtin(plugin: &PluginHost, user: &Value, public: Value) {
+    let (presence, hub) = engine_with(plugin).await;
     let (ada, mut rx) = hub.connect(user.clone(), 1 << 20);
-    plugin.authorize(ada, &user, "room", Action::Subscribe).await.unwrap();
-    // on-subscribe: a regular topic joins, with the default select applied.
-    plugin.on_subscribe(ada, &user, "room").await.unwrap();
+    plugin.authorize(ada, user, "room", Action::Subscribe).await.unwrap();
+    plugin.on_subscribe(ada, user, "room").await.unwrap();
     let list: Value = serde_json::from_str(&rx.recv().await.unwrap()).unwrap();
-    assert_eq!(list["data"], json!([{"key": "ada", "data": {"id": "ada", "name": "Ada L"}}]));
-    // `__presence:x` syncs without joining; other `__` topics do nothing.
-    plugin.on_subscribe(ada, &user, "__presence:lobby").await.unwrap();
-    plugin.on_subscribe(ada, &user, "__internal").await.unwrap();
+    assert_eq!(list["data"], json!([{"key": user["id"], "data": public}]));
+    plugin.on_subscribe(ada, user, "__presence:lobby").await.unwrap();
+    plugin.on_subscribe(ada, user, "__internal").await.unwrap();
     assert_eq!(presence.count("lobby").await.unwrap(), 0);
     assert!(hub.is_subscribed(ada, "__presence:lobby"));
-    plugin.on_unsubscribe(ada, &user, "__presence:lobby").await.unwrap();
+    plugin.on_unsubscribe(ada, user, "__presence:lobby").await.unwrap();
     assert!(!hub.is_subscribed(ada, "__presence:lobby"));
-    // on-unsubscribe leaves the topic; on-close leaves everything.
-    plugin.on_subscribe(ada, &user, "hall").await.unwrap();
-    plugin.on_unsubscribe(ada, &user, "room").await.unwrap();
+    plugin.on_subscribe(ada, user, "hall").await.unwrap();
+    plugin.on_unsubscribe(ada, user, "room").await.unwrap();
     assert_eq!(presence.count("room").await.unwrap(), 0);
-    plugin.on_close(ada, &user).await.unwrap();
+    plugin.on_close(ada, user).await.unwrap();
     assert_eq!(presence.count("hall").await.unwrap(), 0);
 }
 
@@ -294,6 +300,14 @@ async fn hot_reload_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_gate_authenticates_and_authorizes_by_role() {
     let plugin = host(&build_guest("examples/token-gate")).await;
+    let refused = token_gate_contract(&plugin).await;
+    assert!(matches!(&refused, presence::plugin::PolicyError::Denied(r) if r.contains("needs a role")), "{refused}");
+}
+
+/// What every token gate (Rust `examples/token-gate`, TypeScript
+/// `examples/gate-js`) does with the same tokens; returns the refusal of a
+/// topic the token's roles do not open, which each words its own way.
+async fn token_gate_contract(plugin: &PluginHost) -> presence::plugin::PolicyError {
     let exp = presence::backend::now_ms() + 60_000;
     let good = sign_token(json!({"id": "ada", "name": "Ada", "roles": ["team:red"], "exp": exp}));
     let user = plugin.authenticate(request(&format!("token={good}"))).await.unwrap();
@@ -317,10 +331,9 @@ async fn token_gate_authenticates_and_authorizes_by_role() {
 
     plugin.authorize(ConnId::new(1), &user, "lobby", Action::Subscribe).await.unwrap();
     plugin.authorize(ConnId::new(1), &user, "team:red", Action::Observe).await.unwrap();
-    let refused = plugin.authorize(ConnId::new(1), &user, "team:blue", Action::Subscribe).await.unwrap_err();
-    assert!(matches!(&refused, presence::plugin::PolicyError::Denied(r) if r.contains("needs a role")), "{refused}");
     let admin = json!({"id": "root", "roles": ["admin"]});
     plugin.authorize(ConnId::new(2), &admin, "team:blue", Action::Subscribe).await.unwrap();
+    plugin.authorize(ConnId::new(1), &user, "team:blue", Action::Subscribe).await.unwrap_err()
 }
 
 /// The hook-wrapping example: presence only in `room-*` topics, and joins
