@@ -7,7 +7,6 @@
 //! and bytes, checked before anything is deserialized. A planted or damaged
 //! artifact is refused with a logged reason, and the plugin is compiled again.
 
-use super::loader::LoadError;
 use super::metrics::PluginMetrics;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -20,6 +19,17 @@ use std::sync::Arc;
 
 const KEY_FILE: &str = "cache.key";
 const TAG_BYTES: usize = 32;
+
+/// Why the cache directory cannot be used (the loader reports it as a
+/// [`super::LoadError::Cache`]).
+#[derive(Debug, thiserror::Error)]
+#[error("plugin cache {path}: {reason}")]
+pub struct OpenError {
+    /// The directory.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
 
 /// A checked cache directory and its key.
 pub struct Cache {
@@ -57,8 +67,8 @@ fn check_owned(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
 impl Cache {
     /// Create the directory if needed (mode 0700), check it, and read its
     /// key (or make one, mode 0600).
-    pub fn open(dir: &Path, metrics: Arc<PluginMetrics>) -> Result<Self, LoadError> {
-        let fail = |reason: String| LoadError::Cache { path: dir.to_owned(), reason };
+    pub fn open(dir: &Path, metrics: Arc<PluginMetrics>) -> Result<Self, OpenError> {
+        let fail = |reason: String| OpenError { path: dir.to_owned(), reason };
         if std::fs::symlink_metadata(dir).is_err() {
             std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))

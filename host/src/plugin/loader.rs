@@ -4,7 +4,7 @@
 //! words what is wrong when it does not fit.
 
 use super::bindings::{PluginPre, CONTRACT_VERSION, GUEST_INTERFACE};
-use super::cache::Cache;
+use super::cache::{Cache, OpenError};
 use super::incremental::FunctionCache;
 use super::state::GuestState;
 use sha2::{Digest, Sha256};
@@ -68,6 +68,12 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
+}
+
+impl From<OpenError> for LoadError {
+    fn from(OpenError { path, reason }: OpenError) -> Self {
+        LoadError::Cache { path, reason }
+    }
 }
 
 /// A compiled, checked plugin version.
