@@ -98,14 +98,17 @@ test('`key` names the field that identifies a user; without one each connection 
 	presence.destroy();
 });
 
-test('concurrent joins on one topic become one diff; a key is never in both halves', async () => {
+test('concurrent joins on one topic are coalesced into diffs; a key is never in both halves', async () => {
 	const presence = createPresence(null);
 	const platform = mockPlatform();
 	const sockets = Array.from({ length: 10 }, (_, i) => mockWs({ id: `u${i}` }));
 	await Promise.all(sockets.map((ws) => presence.join(ws, 'room', platform)));
+	// One diff per window: usually one, two when a window closes mid-batch
+	// on a busy machine; each key in exactly one of them.
 	const diffs = platform.diffs('room');
-	assert.equal(diffs.length, 1, JSON.stringify(diffs));
-	assert.equal(Object.keys(diffs[0].joins).length, 10);
+	assert.ok(diffs.length <= 2, JSON.stringify(diffs));
+	const joined = diffs.flatMap((diff) => Object.keys(diff.joins));
+	assert.deepEqual(joined.sort(), sockets.map((_, i) => `u${i}`).sort());
 	// Mixed operations in flight together: whatever the order they land in,
 	// folding the diffs gives the final list, and no diff names a key twice.
 	await Promise.all([
